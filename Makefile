@@ -1,0 +1,42 @@
+# Every target creates .venv on first use and reuses it afterwards.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# The offline copies of MNIST and CIFAR-10 sit beside the checkout on the project's machines.
+ifneq ($(wildcard ../shared/data),)
+export ADVLS_DATA ?= $(abspath ../shared/data)
+endif
+
+.PHONY: setup demo test test-all lint bench clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: an unpinned torch pulls several GB of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/advls train --dataset mnist --model lenet-mnist --loss adversarial --alpha 0.1 \
+		--epochs 2 --out runs/demo-lenet-mnist-als
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slower"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -n 2
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,427 @@
+"""Label-smoothing losses of Goibert & Dohmatob, as drop-in PyTorch losses.
+
+Every method smooths the one-hot label ``e_y`` into ``q = (1 - alpha) e_y + alpha r``,
+where ``r`` is a distribution over classes chosen by the method (DESIGN §1):
+
+============== =======================================================================
+``standard``    ``r`` uniform over the K - 1 wrong classes (SLS)
+``adversarial`` ``r`` one-hot of the smallest logit over *all* classes, ties split (ALS)
+``boltzmann``   ``r_k ∝ exp(-z_k / T)`` over the wrong classes (BLS)
+``second_best`` ``r`` one-hot of the largest wrong logit, ties split (SBLS)
+callable        any ``r(logits, labels) -> (N, K)`` distribution the user supplies
+============== =======================================================================
+
+Targets are constants: no gradient flows through ``q`` (a label is data; for ALS this is
+Danskin's theorem). Theorem 1 of the paper gives the equivalent penalty form
+
+    SmoothCE(z, q) = CE(z, y) + alpha * sum_k r_k (z_y - z_k),
+
+exposed as :func:`logit_penalty`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "METHODS",
+    "SmoothedCrossEntropy",
+    "SmoothingDistribution",
+    "alpha_from_torch_label_smoothing",
+    "logit_penalty",
+    "smooth_labels",
+    "smoothed_cross_entropy",
+    "smoothing_distribution",
+    "torch_label_smoothing_eps",
+]
+
+#: A user-supplied smoothing distribution: ``r(logits, labels) -> (N, K)`` rows on the simplex.
+SmoothingDistribution = Callable[[Tensor, Tensor], Tensor]
+Method = str | SmoothingDistribution
+Reduction = Literal["mean", "sum", "none"]
+
+METHODS: tuple[str, ...] = ("standard", "adversarial", "boltzmann", "second_best")
+_ALIASES = {
+    "sls": "standard",
+    "als": "adversarial",
+    "bls": "boltzmann",
+    "sbls": "second_best",
+    "second-best": "second_best",
+}
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# --------------------------------------------------------------------------- validation
+def _check_method(method: Method) -> Method:
+    if callable(method):
+        return method
+    if not isinstance(method, str):
+        raise ValueError(f"method must be one of {METHODS} or a callable, got {method!r}")
+    canonical = _ALIASES.get(method.lower(), method.lower())
+    if canonical not in METHODS:
+        raise ValueError(
+            f"method must be one of {', '.join(METHODS)} (or a callable r(logits, labels)), "
+            f"got {method!r}"
+        )
+    return canonical
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, Tensor):
+        alpha = float(alpha)
+    if not isinstance(alpha, int | float) or not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def _check_temperature(temperature: float) -> float:
+    if (
+        not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_reduction(reduction: str) -> str:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _check_inputs(logits: Tensor, labels: Tensor) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a 2-D tensor (N, K), got {shape}")
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    n, k = logits.shape
+    if k < 2:
+        raise ValueError(f"logits must have at least 2 classes, got K={k}")
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != n:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"labels must be a 1-D tensor of length N={n}, got {shape}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
+    if n:
+        low, high = torch.aminmax(labels)
+        if int(low) < 0 or int(high) >= k:
+            raise ValueError(
+                f"labels must lie in [0, {k - 1}] for K={k} classes, got values in "
+                f"[{int(low)}, {int(high)}]"
+            )
+
+
+def _raise_if_not_finite(logits: Tensor) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("logits contain NaN or infinite values")
+
+
+# --------------------------------------------------------------------------- distributions
+# Masks are built with float arithmetic, sign(min - z) + 1 (1 at the row minima, 0 elsewhere),
+# because CPU comparison kernels producing bool tensors are several times slower than float
+# ones; for finite values x - y == 0 exactly when x == y, so ties are found exactly.
+# ``extreme`` must be the row minimum of ``values``: for a maximum, pass both negated.
+def _split_ties_at(values: Tensor, extreme: Tensor) -> Tensor:
+    mask = torch.sub(extreme, values).sign_().add_(1).nan_to_num_(0.0)
+    return mask.div_(mask.sum(dim=1, keepdim=True))
+
+
+def _r_standard(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    k = logits.shape[1]
+    return torch.full_like(logits, 1.0 / (k - 1)).scatter_(1, labels[:, None], 0.0)
+
+
+def _r_adversarial(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    return _split_ties_at(logits, logits.amin(dim=1, keepdim=True))
+
+
+def _r_boltzmann(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    energies = (logits * (-1.0 / temperature)).scatter_(1, labels[:, None], -math.inf)
+    return energies.softmax(dim=1)
+
+
+def _r_second_best(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    # The largest wrong logit is the smallest negated one; the true class, at +inf, gives
+    # min - inf = -inf, so it never enters the mask.
+    negated = logits.neg().scatter_(1, labels[:, None], math.inf)
+    return _split_ties_at(negated, negated.amin(dim=1, keepdim=True))
+
+
+_DISTRIBUTIONS = {
+    "standard": _r_standard,
+    "adversarial": _r_adversarial,
+    "boltzmann": _r_boltzmann,
+    "second_best": _r_second_best,
+}
+
+
+def _checked_custom(fn: SmoothingDistribution, logits: Tensor, labels: Tensor) -> Tensor:
+    r = fn(logits, labels)
+    if not isinstance(r, Tensor) or r.shape != logits.shape:
+        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
+        raise ValueError(
+            f"a custom smoothing distribution must return an (N, K) = {tuple(logits.shape)} "
+            f"tensor, got {shape}"
+        )
+    # A copy: q is built from r in place, and the user's tensor must not change.
+    r = r.detach().to(logits.dtype, copy=True)
+    tolerance = 1e-3 if logits.dtype in (torch.float16, torch.bfloat16) else 1e-5
+    if (
+        not bool(torch.isfinite(r).all())
+        or bool((r < 0).any())
+        or not torch.allclose(r.sum(dim=1), torch.ones_like(r[:, 0]), atol=tolerance)
+    ):
+        # Non-finite logits make most distributions non-finite: name the real cause.
+        _raise_if_not_finite(logits)
+        raise ValueError(
+            "a custom smoothing distribution must return finite, non-negative rows summing to 1"
+        )
+    return r
+
+
+def smoothing_distribution(
+    logits: Tensor,
+    labels: Tensor,
+    method: Method = "adversarial",
+    temperature: float = 1.0,
+) -> Tensor:
+    """The method's distribution ``r`` over classes, (N, K), detached.
+
+    ``q = (1 - alpha) e_y + alpha r`` is the smoothed label. For ALS, ``r`` is one-hot of the
+    smallest logit over all classes, so it equals ``e_y`` when ``y`` is the smallest logit.
+    """
+    method = _check_method(method)
+    temperature = _check_temperature(temperature)
+    _check_inputs(logits, labels)
+    _raise_if_not_finite(logits)  # else ALS and BLS rows would silently be NaN
+    labels = labels.long()
+    with torch.no_grad():
+        if callable(method):
+            return _checked_custom(method, logits.detach(), labels)
+        return _DISTRIBUTIONS[method](logits.detach(), labels, temperature)
+
+
+def smooth_labels(
+    logits: Tensor,
+    labels: Tensor,
+    method: Method = "adversarial",
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Smoothed targets ``q = (1 - alpha) e_y + alpha r``, (N, K), detached, rows sum to 1.
+
+    Every ``q`` lies in the total-variation ball ``{q : q_y >= 1 - alpha}`` around ``e_y``.
+    """
+    alpha = _check_alpha(alpha)
+    r = smoothing_distribution(logits, labels, method, temperature)
+    ones = r.new_full((r.shape[0], 1), 1.0 - alpha)
+    return r.mul_(alpha).scatter_add_(1, labels.long()[:, None], ones)
+
+
+# --------------------------------------------------------------------------- the loss
+def _compute_dtype(logits: Tensor) -> torch.dtype:
+    # Half-precision log-softmax loses the small smoothing masses; compute in float32 then,
+    # as autocast does for cross_entropy.
+    return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+
+
+# The CPU log-softmax kernel is several times slower along a short last dimension (K < 16)
+# than along the first dimension of the transposed view; results are identical.
+_SHORT_ROWS = 16
+
+
+class _SoftTargetCrossEntropy(torch.autograd.Function):
+    """``-scale * sum_k q_k log softmax(z)_k``, per example or summed, with a fused backward.
+
+    The backward is ``scale * (softmax(z) - q)``, computed by PyTorch's own vectorised
+    log-softmax backward kernel: the composite autograd graph of log_softmax/mul/sum costs
+    several small kernels more on every step.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, scale: float, per_example: bool) -> Tensor:  # type: ignore[override]
+        transposed = logits.shape[1] < _SHORT_ROWS and logits.device.type == "cpu"
+        if transposed:
+            saved = logits.t().log_softmax(dim=0)
+            log_probs = saved.t()
+        else:
+            saved = log_probs = logits.log_softmax(dim=1)
+        ctx.transposed, ctx.scale, ctx.per_example = transposed, scale, per_example
+        ctx.save_for_backward(saved, targets)
+        if per_example:
+            return (targets * log_probs).sum(dim=1).mul_(-scale)
+        return torch.dot(targets.reshape(-1), log_probs.reshape(-1)).mul_(-scale)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        saved, targets = ctx.saved_tensors
+        weight = grad_output[:, None] if ctx.per_example else grad_output
+        # d/dz of -sum_k w_k log p_k is w - p * sum(w); with w = scale * g * q and sum(q) = 1
+        # this is scale * g * (p - q), the closed form.
+        weighted = targets * (weight * -ctx.scale)
+        if ctx.transposed:
+            grad = torch._log_softmax_backward_data(weighted.t(), saved, 0, saved.dtype).t()
+        else:
+            grad = torch._log_softmax_backward_data(weighted, saved, 1, saved.dtype)
+        return grad, None, None, None
+
+
+def _smoothed_ce_unchecked(
+    logits: Tensor,
+    labels: Tensor,
+    method: Method,
+    alpha: float,
+    temperature: float,
+    reduction: str,
+) -> Tensor:
+    _check_inputs(logits, labels)
+    labels = labels.long()
+    dtype = _compute_dtype(logits)
+    with torch.no_grad():
+        z = logits.detach().to(dtype)
+        r = (
+            _checked_custom(method, z, labels)
+            if callable(method)
+            else _DISTRIBUTIONS[method](z, labels, temperature)
+        )
+        q = r.mul_(alpha).scatter_add_(1, labels[:, None], r.new_full((r.shape[0], 1), 1.0 - alpha))
+    n = logits.shape[0]
+    scale = 1.0
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        loss = _SoftTargetCrossEntropy.apply(logits.to(dtype), q, scale, reduction == "none")
+    # The loss is finite whenever the logits are; only look closer when it is not.
+    if not bool(torch.isfinite(loss).all()):
+        _raise_if_not_finite(logits)
+        raise ValueError("the smoothed cross-entropy is not finite although the logits are")
+    return loss
+
+
+def smoothed_cross_entropy(
+    logits: Tensor,
+    labels: Tensor,
+    method: Method = "adversarial",
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Cross-entropy against the method's smoothed labels, ``-sum_k q_k log softmax(z)_k``.
+
+    Args:
+        logits: (N, K) floating-point logits.
+        labels: (N,) integer class indices.
+        method: ``standard``, ``adversarial``, ``boltzmann``, ``second_best`` (or the paper's
+            acronyms ``sls``, ``als``, ``bls``, ``sbls``), or a callable ``r(logits, labels)``
+            returning (N, K) distributions.
+        alpha: smoothing strength in [0, 1]; ``alpha = 0`` is plain cross-entropy.
+        temperature: BLS temperature ``T > 0``.
+        reduction: ``mean``, ``sum`` or ``none``.
+
+    Half-precision logits are computed and returned in float32 (as autocast does for
+    ``cross_entropy``). The gradient with respect to the logits is exactly ``softmax(z) - q``
+    per example, scaled by the reduction.
+    """
+    return _smoothed_ce_unchecked(
+        logits,
+        labels,
+        _check_method(method),
+        _check_alpha(alpha),
+        _check_temperature(temperature),
+        _check_reduction(reduction),
+    )
+
+
+def logit_penalty(
+    logits: Tensor,
+    labels: Tensor,
+    method: Method = "adversarial",
+    alpha: float = 0.1,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Theorem 1's logit-squeezing penalty per example, ``alpha * sum_k r_k (z_y - z_k)``, (N,).
+
+    ``smoothed_cross_entropy(z, y, reduction="none") == cross_entropy(z, y) + logit_penalty``.
+    The gradient flows through the logits but not through ``r`` (a constant, as in training).
+    """
+    alpha = _check_alpha(alpha)
+    r = smoothing_distribution(logits, labels, method, temperature)
+    _raise_if_not_finite(logits)
+    true_logit = logits.gather(1, labels.long()[:, None])
+    # Summing r_k (z_y - z_k), not z_y - sum_k r_k z_k: each ALS term is then exactly >= 0, and
+    # nothing cancels between two large numbers.
+    return alpha * (r.to(logits.dtype) * (true_logit - logits)).sum(dim=1)
+
+
+class SmoothedCrossEntropy(nn.Module):
+    """``nn.Module`` form of :func:`smoothed_cross_entropy`, a drop-in for ``CrossEntropyLoss``.
+
+    >>> criterion = SmoothedCrossEntropy("adversarial", alpha=0.1)
+    >>> loss = criterion(model(x), y)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        method: Method = "adversarial",
+        alpha: float = 0.1,
+        temperature: float = 1.0,
+        reduction: Reduction = "mean",
+    ) -> None:
+        super().__init__()
+        self.method = _check_method(method)
+        self.alpha = _check_alpha(alpha)
+        self.temperature = _check_temperature(temperature)
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        # Hyperparameters were validated once, in __init__.
+        return _smoothed_ce_unchecked(
+            logits, labels, self.method, self.alpha, self.temperature, self.reduction
+        )
+
+    def extra_repr(self) -> str:
+        name = (
+            self.method
+            if isinstance(self.method, str)
+            else getattr(self.method, "__name__", "custom")
+        )
+        extra = f", temperature={self.temperature}" if name == "boltzmann" else ""
+        return f"method={name!r}, alpha={self.alpha}{extra}, reduction={self.reduction!r}"
+
+
+# --------------------------------------------------------------------------- conventions
+def torch_label_smoothing_eps(alpha: float, num_classes: int) -> float:
+    """PyTorch/timm's ``label_smoothing`` equal to the paper's SLS strength ``alpha``.
+
+    PyTorch spreads ``eps`` over all K classes, the true one included; SLS spreads ``alpha``
+    over the K - 1 others. They match when ``eps = alpha K / (K - 1)``, so PyTorch cannot
+    express ``alpha > (K - 1) / K``.
+    """
+    alpha = _check_alpha(alpha)
+    k = _check_num_classes(num_classes)
+    eps = alpha * k / (k - 1)
+    if eps > 1.0 + 1e-12:
+        raise ValueError(
+            f"alpha must be at most (K-1)/K = {(k - 1) / k:.6g} to be expressible as PyTorch's "
+            f"label_smoothing for K={k}, got {alpha}"
+        )
+    return min(eps, 1.0)
+
+
+def alpha_from_torch_label_smoothing(eps: float, num_classes: int) -> float:
+    """The paper's SLS ``alpha`` equal to PyTorch/timm's ``label_smoothing=eps``."""
+    if not isinstance(eps, int | float) or not (0.0 <= eps <= 1.0):
+        raise ValueError(f"eps (PyTorch label_smoothing) must be in [0, 1], got {eps!r}")
+    k = _check_num_classes(num_classes)
+    return float(eps) * (k - 1) / k
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return num_classes

@@ -1,0 +1,628 @@
+"""Training: Algorithm 1 of the paper for any loss, with checkpoints and exact resume.
+
+Each mini-batch is smoothed by the configured method, the smoothed cross-entropy is
+minimised, and after every epoch the run directory gets a checkpoint holding the weights, the
+optimizer, the schedule and every random-number-generator state. Resuming from it continues
+bit for bit where the run stopped (on CPU), so a killed run and an uninterrupted one end with
+identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from advls import data as datasets
+from advls.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from advls.losses import METHODS, SmoothedCrossEntropy
+from advls.models import MODELS, create
+
+__all__ = [
+    "LOSSES",
+    "PRESETS",
+    "NonFiniteLossError",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate_accuracy",
+    "resolve_device",
+    "train",
+    "train_epoch",
+]
+
+#: ``ce`` is plain cross-entropy; the others are the smoothing methods of :mod:`advls.losses`.
+LOSSES: tuple[str, ...] = ("ce", *METHODS)
+
+#: Named settings. ``paper`` follows the authors' code: plain SGD, lr 1e-4, batch 100,
+#: learning rate reduced on plateaus of the training loss.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {
+        "optimizer": "sgd",
+        "lr": 1e-4,
+        "momentum": 0.0,
+        "nesterov": False,
+        "weight_decay": 0.0,
+        "batch_size": 100,
+        "schedule": "plateau",
+        "augment": "none",
+    },
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainConfig(BaseModel):
+    """Everything that determines a training run; validated once, then immutable."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: str = "mnist"
+    model: str = "lenet-mnist"
+    loss: str = "adversarial"
+    alpha: float = Field(0.1, ge=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    step_epochs: int = Field(30, ge=1, description="step schedule: epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/plateau decay factor")
+    augment: Literal["auto", "none", "crop-flip"] = "auto"
+    train_subset: int | None = Field(None, ge=1, description="use the first N training images")
+    seed: int = 0
+    preset: Literal["default", "paper"] = "default"
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in datasets.REGISTRY and not value.endswith(".npz"):
+            allowed = ", ".join(datasets.REGISTRY)
+            raise ValueError(f"dataset must be one of {allowed} or a path to a .npz file")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}")
+        return value
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        aliases = {
+            "sls": "standard",
+            "als": "adversarial",
+            "bls": "boltzmann",
+            "sbls": "second_best",
+        }
+        value = aliases.get(value.lower(), value.lower().replace("-", "_"))
+        if value not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        # A preset fills in what the user did not set explicitly.
+        if isinstance(values, dict) and values.get("preset") in PRESETS:
+            return {**PRESETS[values["preset"]], **values}
+        return values
+
+    def resolved_augment(self, input_shape: tuple[int, int, int]) -> str:
+        if self.augment != "auto":
+            return self.augment
+        # Random crops and flips help natural colour images; they hurt digits (6 vs 9).
+        return "crop-flip" if input_shape[0] == 3 and self.dataset != "svhn" else "none"
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the run (a resumed run must match them exactly)."""
+        return self.model_dump()
+
+
+@dataclass
+class TrainResult:
+    """The trained model (eval mode), the per-epoch history and where the checkpoint is."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    run_dir: Path | None
+    resumed_from: int
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.history[-1]["test_accuracy"]
+
+
+# --------------------------------------------------------------------------- devices
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error, not a fallback."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA device is available")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    return resolved
+
+
+# --------------------------------------------------------------------------- pieces
+def _make_criterion(config: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
+    if config.loss == "ce" or config.alpha == 0.0:
+        return F.cross_entropy
+    return SmoothedCrossEntropy(config.loss, config.alpha, config.temperature)
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        weight_decay=config.weight_decay,
+    )
+
+
+def _make_schedule(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        # Stepped every iteration: with few epochs a per-epoch cosine is a staircase.
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        )
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.step_epochs * steps_per_epoch, gamma=config.gamma
+        )
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=config.gamma, patience=2
+        )
+    return None
+
+
+def _augment_crop_flip(images: Tensor, generator: torch.Generator | None, pad: int = 4) -> Tensor:
+    """Random ``pad``-pixel translations (zero padding) and horizontal flips, per example."""
+    n, _, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (pad, pad, pad, pad))
+    shifts = torch.randint(0, 2 * pad + 1, (2, n), generator=generator, device=device)
+    rows = (torch.arange(h, device=device)[None, :] + shifts[0, :, None])[:, None, :, None]
+    cols = (torch.arange(w, device=device)[None, :] + shifts[1, :, None])[:, None, None, :]
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=device)[None, :, None, None]
+    cropped = padded[batch, channel, rows, cols]
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def _batches(
+    images: Tensor, labels: Tensor, batch_size: int, order: Tensor | None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    n = images.shape[0]
+    for start in range(0, n, batch_size):
+        index = (
+            order[start : start + batch_size]
+            if order is not None
+            else slice(start, start + batch_size)
+        )
+        yield images[index], labels[index]
+
+
+def _to_unit(batch: Tensor, memory_format: torch.memory_format) -> Tensor:
+    # uint8 pixels to [0, 1] floats; the model normalises internally.
+    return batch.to(dtype=torch.float32, memory_format=memory_format).div_(255.0)
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 1000,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Clean accuracy of ``model`` on uint8 images (or floats in [0, 1]); restores its mode."""
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in _batches(images, labels, batch_size, None):
+        x = x.to(device)
+        x = _to_unit(x, torch.contiguous_format) if x.dtype == torch.uint8 else x.float()
+        correct += (model(x).argmax(dim=1) == y.to(device)).sum()
+    model.train(was_training)
+    return float(correct) / max(1, images.shape[0])
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    schedule: Any = None,
+    augment_generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[float, float]:
+    """One pass of Algorithm 1 over ``images`` (uint8, on the model's device) in random order.
+
+    ``schedule`` is stepped after every optimizer step; ``augment_generator`` turns on random
+    crops and flips. Returns the mean training loss and the training accuracy.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (the parameters may be damaged).
+    """
+    device = images.device
+    model.train()
+    order = torch.randperm(images.shape[0], generator=generator).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    # Checking the loss forces a device sync; on an accelerator do it every few steps only.
+    check_every = 1 if device.type == "cpu" else 25
+    for step, (x, y) in enumerate(_batches(images, labels, batch_size, order)):
+        x = _to_unit(x, memory_format)
+        if augment_generator is not None:
+            x = _augment_crop_flip(x, augment_generator)
+        with autocast:
+            logits = model(x)
+        try:
+            loss = criterion(logits.float(), y)
+        except ValueError as error:  # the smoothed loss refuses non-finite logits
+            raise NonFiniteLossError(f"step {step + 1}: {error}") from None
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(dim=1) == y).sum()
+        if step % check_every == 0 and not bool(torch.isfinite(loss_sum)):
+            raise NonFiniteLossError(f"step {step + 1}: the loss is not finite")
+        if on_step is not None:
+            on_step(step)
+    mean_loss = float(loss_sum) / images.shape[0]
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError("the loss is not finite")
+    return mean_loss, float(correct) / images.shape[0]
+
+
+# --------------------------------------------------------------------------- state
+def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    state = {"rng.torch": torch.get_rng_state(), "rng.shuffle": generator.get_state()}
+    if device.type == "cuda":
+        state["rng.cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(
+    state: dict[str, Tensor], generator: torch.Generator, device: torch.device
+) -> None:
+    torch.set_rng_state(state["rng.torch"])
+    generator.set_state(state["rng.shuffle"])
+    if device.type == "cuda" and "rng.cuda" in state:
+        torch.cuda.set_rng_state(state["rng.cuda"], device)
+
+
+def _optimizer_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer's state into safetensors-able tensors and a JSON skeleton."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    skeleton: dict[str, dict[str, Any]] = {}
+    for index, slots in state_dict["state"].items():
+        skeleton[str(index)] = {}
+        for slot, value in slots.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{index}.{slot}"] = value
+                skeleton[str(index)][slot] = {"tensor": f"optim.{index}.{slot}"}
+            else:
+                skeleton[str(index)][slot] = {"value": value}
+    return tensors, {"state": skeleton, "param_groups": state_dict["param_groups"]}
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, skeleton: dict[str, Any], tensors: dict[str, Tensor]
+) -> None:
+    state = {
+        int(index): {
+            slot: tensors[entry["tensor"]] if "tensor" in entry else entry["value"]
+            for slot, entry in slots.items()
+        }
+        for index, slots in skeleton["state"].items()
+    }
+    optimizer.load_state_dict({"state": state, "param_groups": skeleton["param_groups"]})
+
+
+def _schedule_state(schedule: Any) -> dict[str, Any] | None:
+    if schedule is None:
+        return None
+    # LambdaLR keeps its (unpicklable) lambdas under lr_lambdas; they are rebuilt from the config.
+    return {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}
+
+
+# --------------------------------------------------------------------------- the loop
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    channels_last: bool = True,
+    eval_batch_size: int = 1000,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``config``'s model with its loss; checkpoint every epoch into ``run_dir``.
+
+    If ``run_dir`` already holds a checkpoint of the same configuration, training resumes
+    from its last epoch (and returns at once when it is complete). ``amp`` (bf16 autocast) and
+    ``channels_last`` apply on CUDA only; CPU runs are float32 and deterministic.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite; the last checkpoint is kept.
+        ValueError: the run directory holds a different run, or bad arguments.
+    """
+    device = resolve_device(device)
+    train_set = datasets.load(config.dataset, "train", data_dir)
+    test_set = datasets.load(config.dataset, "test", data_dir)
+    if config.train_subset is not None:
+        train_set = _subset(train_set, config.train_subset)
+    model_spec = {
+        "name": config.model,
+        "num_classes": train_set.num_classes,
+        "input_shape": list(train_set.input_shape),
+        "mean": list(train_set.mean),
+        "std": list(train_set.std),
+    }
+    torch.manual_seed(config.seed)  # before the model's weights are drawn
+    model = create(
+        config.model,
+        num_classes=train_set.num_classes,
+        input_shape=train_set.input_shape,
+        mean=train_set.mean,
+        std=train_set.std,
+    )
+    on_cuda = device.type == "cuda"
+    memory_format = torch.channels_last if (on_cuda and channels_last) else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    optimizer = _make_optimizer(config, model)
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    schedule = _make_schedule(config, optimizer, steps_per_epoch)
+    criterion = _make_criterion(config)
+    generator = torch.Generator().manual_seed(config.seed)
+    augment = config.resolved_augment(train_set.input_shape)
+    augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if run_dir is not None:
+        start_epoch, history = _resume(
+            Path(run_dir), config, model, optimizer, schedule, generator, augment_generator, device
+        )
+    say = log or (lambda message: None)
+    if start_epoch:
+        say(f"resuming from epoch {start_epoch} of {config.epochs} in {run_dir}")
+
+    # The whole data set lives on the device as uint8; batches are cut from it directly.
+    train_images, train_labels = train_set.images.to(device), train_set.labels.to(device)
+    test_images, test_labels = test_set.images.to(device), test_set.labels.to(device)
+    meta_base = {"config": config.identity(), "model": model_spec, "augment": augment}
+
+    with _progress_bar(progress, config.epochs, steps_per_epoch, start_epoch) as advance:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            try:
+                train_loss, train_accuracy = train_epoch(
+                    model,
+                    optimizer,
+                    criterion,
+                    train_images,
+                    train_labels,
+                    batch_size=config.batch_size,
+                    generator=generator,
+                    schedule=None if config.schedule == "plateau" else schedule,
+                    augment_generator=augment_generator if augment == "crop-flip" else None,
+                    autocast_dtype=torch.bfloat16 if (on_cuda and amp) else None,
+                    memory_format=memory_format,
+                    on_step=lambda step, epoch=epoch: advance(epoch, step),
+                )
+            except NonFiniteLossError as error:
+                kept = f"; the last good checkpoint in {run_dir} is kept" if run_dir else ""
+                raise NonFiniteLossError(
+                    f"training stopped at epoch {epoch + 1}, {error}{kept}. "
+                    "Lower the learning rate or check the data."
+                ) from None
+            if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                schedule.step(train_loss)
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_accuracy": train_accuracy,
+                "test_accuracy": evaluate_accuracy(
+                    model, test_images, test_labels, eval_batch_size, device
+                ),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - started,
+            }
+            history.append(record)
+            say(
+                f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
+                f"train acc {record['train_accuracy']:.4f}  "
+                f"test acc {record['test_accuracy']:.4f}  "
+                f"({record['seconds']:.1f} s)"
+            )
+            if run_dir is not None:
+                _save(
+                    Path(run_dir),
+                    epoch + 1,
+                    model,
+                    optimizer,
+                    schedule,
+                    generator,
+                    augment_generator,
+                    device,
+                    meta_base,
+                    history,
+                )
+    model.eval()
+    return TrainResult(model, history, Path(run_dir) if run_dir is not None else None, start_epoch)
+
+
+def _subset(dataset: datasets.ImageDataset, count: int) -> datasets.ImageDataset:
+    if count > len(dataset):
+        raise ValueError(
+            f"train_subset must be at most the training set size {len(dataset)}, got {count}"
+        )
+    return datasets.ImageDataset(
+        name=dataset.name,
+        split=dataset.split,
+        images=dataset.images[:count].contiguous(),
+        labels=dataset.labels[:count].contiguous(),
+        classes=dataset.classes,
+        mean=dataset.mean,
+        std=dataset.std,
+    )
+
+
+def _save(
+    run_dir: Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    generator: torch.Generator,
+    augment_generator: torch.Generator,
+    device: torch.device,
+    meta_base: dict[str, Any],
+    history: list[dict[str, float]],
+) -> None:
+    optim_tensors, optim_skeleton = _optimizer_tensors(optimizer)
+    train_state = {
+        **optim_tensors,
+        **_rng_state(generator, device),
+        "rng.augment": augment_generator.get_state(),
+    }
+    meta = {
+        **meta_base,
+        "optimizer": optim_skeleton,
+        "schedule": _schedule_state(schedule),
+        "history": history,
+        "metrics": history[-1],
+    }
+    write_checkpoint(run_dir, epoch, model.state_dict(), train_state, meta)
+
+
+def _resume(
+    run_dir: Path,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    generator: torch.Generator,
+    augment_generator: torch.Generator,
+    device: torch.device,
+) -> tuple[int, list[dict[str, float]]]:
+    if not (run_dir / "checkpoint.json").exists():
+        return 0, []
+    checkpoint = read_checkpoint(run_dir)
+    if checkpoint.config != config.identity():
+        changed = sorted(
+            key
+            for key in set(checkpoint.config) | set(config.identity())
+            if checkpoint.config.get(key) != config.identity().get(key)
+        )
+        raise ValueError(
+            f"{run_dir} holds a run with a different configuration "
+            f"(differs in: {', '.join(changed)}); choose another output directory"
+        )
+    try:
+        model.load_state_dict(checkpoint.model_state)
+        _load_optimizer(optimizer, checkpoint.meta["optimizer"], checkpoint.train_state)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"cannot resume from {run_dir}: {error}") from None
+    if schedule is not None and checkpoint.meta.get("schedule") is not None:
+        schedule.load_state_dict({**schedule.state_dict(), **checkpoint.meta["schedule"]})
+    _set_rng_state(checkpoint.train_state, generator, device)
+    augment_generator.set_state(checkpoint.train_state["rng.augment"])
+    return checkpoint.epoch, list(checkpoint.meta["history"])
+
+
+class _progress_bar:
+    """A rich progress bar over all steps of the run, or nothing when disabled."""
+
+    def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
+        self.enabled = enabled
+        self.total = epochs * steps_per_epoch
+        self.steps_per_epoch = steps_per_epoch
+        self.start = start_epoch * steps_per_epoch
+        self.epochs = epochs
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        if not self.enabled:
+            return lambda epoch, step: None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._progress.__enter__()
+        task = self._progress.add_task(
+            "train", total=self.total, completed=self.start, epoch=1, epochs=self.epochs
+        )
+        # Updating rich on every step costs more than a small model's step; update every few.
+        every = max(1, self.steps_per_epoch // 50)
+
+        def advance(epoch: int, step: int) -> None:
+            if step % every == 0 or step == self.steps_per_epoch - 1:
+                self._progress.update(
+                    task, completed=epoch * self.steps_per_epoch + step + 1, epoch=epoch + 1
+                )
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self._progress.__exit__(*exc)
