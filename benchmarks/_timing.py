@@ -101,6 +101,13 @@ def machine_info() -> dict[str, Any]:
         load = list(os.getloadavg())
     except OSError:
         load = []
+    cpus = os.cpu_count() or 1
+    warnings: list[str] = []
+    if load and load[0] > cpus + 0.5:
+        warnings.append(
+            f"1-minute load average {load[0]:.1f} on {cpus} CPUs: other work was running; "
+            "timings (multi-threaded ones especially) are unreliable"
+        )
     return {
         "command": shlex.join([sys.executable, *sys.argv]),
         "python": sys.version.split()[0],
@@ -109,10 +116,11 @@ def machine_info() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
         "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": cpus,
         "platform": platform.platform(),
         "load_average": load,
         "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "warnings": warnings,
     }
 
 

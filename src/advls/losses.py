@@ -22,6 +22,7 @@ exposed as :func:`logit_penalty`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Literal
 
@@ -71,22 +72,27 @@ def _check_method(method: Method) -> Method:
     return canonical
 
 
+def _as_real(value: object) -> float | None:
+    """A plain float from a Python, NumPy or 0-d tensor real number; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real | Tensor):
+        return None
+    if isinstance(value, Tensor) and (value.numel() != 1 or value.is_complex()):
+        return None
+    return float(value)
+
+
 def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, Tensor):
-        alpha = float(alpha)
-    if not isinstance(alpha, int | float) or not (0.0 <= alpha <= 1.0):
+    value = _as_real(alpha)
+    if value is None or not (0.0 <= value <= 1.0):
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    return float(alpha)
+    return value
 
 
 def _check_temperature(temperature: float) -> float:
-    if (
-        not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
+    value = _as_real(temperature)
+    if value is None or not math.isfinite(value) or value <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    return float(temperature)
+    return value
 
 
 def _check_reduction(reduction: str) -> str:
@@ -129,7 +135,8 @@ def _raise_if_not_finite(logits: Tensor) -> None:
 # ones; for finite values x - y == 0 exactly when x == y, so ties are found exactly.
 # ``extreme`` must be the row minimum of ``values``: for a maximum, pass both negated.
 def _split_ties_at(values: Tensor, extreme: Tensor) -> Tensor:
-    mask = torch.sub(extreme, values).sign_().add_(1).nan_to_num_(0.0)
+    # Float scalars throughout: an int scalar makes PyTorch copy it to the tensor's dtype.
+    mask = torch.sub(extreme, values).sign_().add_(1.0)
     return mask.div_(mask.sum(dim=1, keepdim=True))
 
 
@@ -248,16 +255,16 @@ class _SoftTargetCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, scale: float, per_example: bool) -> Tensor:  # type: ignore[override]
         transposed = logits.shape[1] < _SHORT_ROWS and logits.device.type == "cpu"
-        if transposed:
-            saved = logits.t().log_softmax(dim=0)
-            log_probs = saved.t()
-        else:
-            saved = log_probs = logits.log_softmax(dim=1)
+        saved = logits.t().log_softmax(dim=0) if transposed else logits.log_softmax(dim=1)
         ctx.transposed, ctx.scale, ctx.per_example = transposed, scale, per_example
         ctx.save_for_backward(saved, targets)
+        # Products are taken in the saved layout: reshaping a transposed view would copy it.
+        aligned = targets.t() if transposed else targets
         if per_example:
-            return (targets * log_probs).sum(dim=1).mul_(-scale)
-        return torch.dot(targets.reshape(-1), log_probs.reshape(-1)).mul_(-scale)
+            return torch.mul(aligned, saved).sum(dim=0 if transposed else 1).mul_(-scale)
+        if transposed:
+            return torch.mul(aligned, saved).sum().mul_(-scale)
+        return torch.dot(targets.view(-1), saved.view(-1)).mul_(-scale)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
@@ -293,11 +300,13 @@ def _smoothed_ce_unchecked(
         )
         q = r.mul_(alpha).scatter_add_(1, labels[:, None], r.new_full((r.shape[0], 1), 1.0 - alpha))
     n = logits.shape[0]
-    scale = 1.0
+    scale = 1.0 / n if (reduction == "mean" and n) else 1.0
     with torch.autocast(device_type=logits.device.type, enabled=False):
         loss = _SoftTargetCrossEntropy.apply(logits.to(dtype), q, scale, reduction == "none")
-    # The loss is finite whenever the logits are; only look closer when it is not.
-    if not bool(torch.isfinite(loss).all()):
+    # The loss is finite whenever the logits are; only look closer when it is not. (One
+    # scalar read: torch.isfinite is a composite of several kernels.)
+    value = loss.detach()
+    if not math.isfinite(float(value if value.dim() == 0 else value.sum())):
         _raise_if_not_finite(logits)
         raise ValueError("the smoothed cross-entropy is not finite although the logits are")
     return loss
