@@ -272,11 +272,12 @@ class _SoftTargetCrossEntropy(torch.autograd.Function):
         weight = grad_output[:, None] if ctx.per_example else grad_output
         # d/dz of -sum_k w_k log p_k is w - p * sum(w); with w = scale * g * q and sum(q) = 1
         # this is scale * g * (p - q), the closed form.
-        weighted = targets * (weight * -ctx.scale)
         if ctx.transposed:
-            grad = torch._log_softmax_backward_data(weighted.t(), saved, 0, saved.dtype).t()
-        else:
-            grad = torch._log_softmax_backward_data(weighted, saved, 1, saved.dtype)
+            # Short rows: exp/sub/mul in the saved layout beat the kernel's strided copy.
+            grad = saved.exp().sub_(targets.t()).mul_(weight.t() * ctx.scale).t()
+            return grad, None, None, None
+        weighted = targets * (weight * -ctx.scale)
+        grad = torch._log_softmax_backward_data(weighted, saved, 1, saved.dtype)
         return grad, None, None, None
 
 
@@ -291,18 +292,23 @@ def _smoothed_ce_unchecked(
     _check_inputs(logits, labels)
     labels = labels.long()
     dtype = _compute_dtype(logits)
-    with torch.no_grad():
-        z = logits.detach().to(dtype)
-        r = (
-            _checked_custom(method, z, labels)
-            if callable(method)
-            else _DISTRIBUTIONS[method](z, labels, temperature)
-        )
-        q = r.mul_(alpha).scatter_add_(1, labels[:, None], r.new_full((r.shape[0], 1), 1.0 - alpha))
+    # Targets come from detached logits, so no graph is built for them (no_grad not needed).
+    z = logits.detach().to(dtype)
+    r = (
+        _checked_custom(method, z, labels)
+        if callable(method)
+        else _DISTRIBUTIONS[method](z, labels, temperature)
+    )
+    true_class = labels.unsqueeze(1)
+    q = r.mul_(alpha).scatter_add_(1, true_class, r.new_full((r.shape[0], 1), 1.0 - alpha))
     n = logits.shape[0]
     scale = 1.0 / n if (reduction == "mean" and n) else 1.0
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        loss = _SoftTargetCrossEntropy.apply(logits.to(dtype), q, scale, reduction == "none")
+    inputs = (logits.to(dtype), q, scale, reduction == "none")
+    if torch.is_autocast_enabled(logits.device.type):
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            loss = _SoftTargetCrossEntropy.apply(*inputs)
+    else:  # entering the autocast context costs more than a small loss itself
+        loss = _SoftTargetCrossEntropy.apply(*inputs)
     # The loss is finite whenever the logits are; only look closer when it is not. (One
     # scalar read: torch.isfinite is a composite of several kernels.)
     value = loss.detach()

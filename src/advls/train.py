@@ -9,6 +9,7 @@ identical weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -580,49 +581,42 @@ def _resume(
     return checkpoint.epoch, list(checkpoint.meta["history"])
 
 
-class _progress_bar:
-    """A rich progress bar over all steps of the run, or nothing when disabled."""
+@contextlib.contextmanager
+def _progress_bar(
+    enabled: bool, epochs: int, steps_per_epoch: int, start_epoch: int
+) -> Iterator[Callable[[int, int], None]]:
+    """Yield ``advance(epoch, step)`` driving a rich bar over all steps, or a no-op."""
+    if not enabled:
+        yield lambda epoch, step: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    def __init__(self, enabled: bool, epochs: int, steps_per_epoch: int, start_epoch: int) -> None:
-        self.enabled = enabled
-        self.total = epochs * steps_per_epoch
-        self.steps_per_epoch = steps_per_epoch
-        self.start = start_epoch * steps_per_epoch
-        self.epochs = epochs
-
-    def __enter__(self) -> Callable[[int, int], None]:
-        if not self.enabled:
-            return lambda epoch, step: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
+    columns = (
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    # Updating rich on every step costs more than a small model's step; update every few.
+    every = max(1, steps_per_epoch // 50)
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(
+            "train",
+            total=epochs * steps_per_epoch,
+            completed=start_epoch * steps_per_epoch,
+            epoch=start_epoch + 1,
+            epochs=epochs,
         )
-
-        self._progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self._progress.__enter__()
-        task = self._progress.add_task(
-            "train", total=self.total, completed=self.start, epoch=1, epochs=self.epochs
-        )
-        # Updating rich on every step costs more than a small model's step; update every few.
-        every = max(1, self.steps_per_epoch // 50)
 
         def advance(epoch: int, step: int) -> None:
-            if step % every == 0 or step == self.steps_per_epoch - 1:
-                self._progress.update(
-                    task, completed=epoch * self.steps_per_epoch + step + 1, epoch=epoch + 1
-                )
+            if step % every == 0 or step == steps_per_epoch - 1:
+                done = epoch * steps_per_epoch + step + 1
+                progress.update(task, completed=done, epoch=epoch + 1)
 
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._progress.__exit__(*exc)
+        yield advance

@@ -1,0 +1,211 @@
+"""What every attack shares: the result type, the call contract, losses and projections.
+
+Contract (DESIGN §2): an attack takes a model mapping inputs in [0, 1] to logits, inputs
+``x`` in [0, 1] and labels ``y``; it never mutates them, returns points inside [0, 1] (and,
+when bounded, inside the eps-ball), puts the model in eval mode for the attack and restores
+its mode afterwards, and reports per-example success and perturbation sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advls.losses import smoothed_cross_entropy
+
+__all__ = [
+    "LOSSES",
+    "AttackResult",
+    "CountingModel",
+    "attack_loss",
+    "check_attack_inputs",
+    "check_eps",
+    "check_steps",
+    "eval_mode",
+    "make_result",
+    "norms",
+    "project_l2",
+    "project_linf",
+]
+
+Norm = Literal["linf", "l2"]
+LOSSES: tuple[str, ...] = ("ce", "margin", "dlr", "smoothed")
+LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-example loss to ascend
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Adversarial inputs with per-example outcome and perturbation sizes.
+
+    ``success[i]`` is True when the model misclassifies ``x_adv[i]`` (an input that was
+    misclassified to begin with counts as a success: robust accuracy is ``1 - success``).
+    ``model_calls`` counts forward passes over the batch (a forward+backward counts once).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    l2: Tensor
+    linf: Tensor
+    model_calls: int
+
+    @property
+    def robust_accuracy(self) -> float:
+        return 1.0 - float(self.success.float().mean()) if self.success.numel() else float("nan")
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if self.success.numel() else float("nan")
+
+
+class CountingModel(nn.Module):
+    """Wraps a model to count its forward passes (the attack's ``model_calls``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.model(x)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients for the attack; the previous state comes back."""
+    was_training = model.training
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for parameter, _ in grads:
+        parameter.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for parameter, flag in grads:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------- validation
+def check_eps(eps: float, norm: Norm = "linf", name: str = "eps") -> float:
+    """A finite, non-negative budget; for L-inf at most 1 (the whole [0, 1] box)."""
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
+    if norm == "linf" and eps > 1:
+        raise ValueError(f"{name} must be at most 1 for an L-inf attack on [0, 1] inputs, got {eps}")
+    return float(eps)
+
+
+def check_steps(steps: int, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def check_norm(norm: str) -> Norm:
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    return norm  # type: ignore[return-value]
+
+
+def check_attack_inputs(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Validate ``x``/``y`` and the model's output shape; return the clean logits."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
+        raise ValueError("x must be a floating-point tensor (N, ...) of inputs in [0, 1]")
+    if not isinstance(y, Tensor) or y.dim() != 1 or y.dtype not in (torch.int64, torch.int32):
+        raise ValueError("y must be a 1-D integer tensor of class indices")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"y has {y.shape[0]} labels but x has {x.shape[0]} inputs")
+    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise ValueError("x must lie in [0, 1] (normalisation belongs inside the model)")
+    with torch.no_grad():
+        logits = model(x)
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return logits of shape (N, K) = ({x.shape[0]}, K), got {shape}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
+        raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}]")
+    return logits
+
+
+# --------------------------------------------------------------------------- losses
+def _margin(logits: Tensor, y: Tensor) -> Tensor:
+    """CW margin: best wrong logit minus the true logit (ascending it misclassifies)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wrong = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    return wrong - true
+
+
+def _dlr(logits: Tensor, y: Tensor) -> Tensor:
+    """Croce & Hein's difference of logits ratio: invariant to shifting and scaling logits."""
+    ordered = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wrong = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
+    return (wrong - true) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def attack_loss(
+    loss: str | LossFn,
+    *,
+    method: str = "adversarial",
+    alpha: float = 0.0,
+    temperature: float = 1.0,
+) -> LossFn:
+    """The per-example loss an attack ascends.
+
+    ``ce`` (hard-label cross-entropy), ``margin`` (CW), ``dlr`` (APGD), or ``smoothed``: the
+    model's own training loss (smoothing ``method``, ``alpha``, ``temperature``), as the
+    authors' evaluation used. A callable ``(logits, labels) -> (N,)`` is used as is.
+    """
+    if callable(loss):
+        return loss
+    if loss == "ce":
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
+    if loss == "margin":
+        return _margin
+    if loss == "dlr":
+        return _dlr
+    if loss == "smoothed":
+        return lambda logits, y: smoothed_cross_entropy(
+            logits, y, method, alpha, temperature, reduction="none"
+        )
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)} or a callable, got {loss!r}")
+
+
+# --------------------------------------------------------------------------- geometry
+def norms(delta: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-example L2 and L-inf norms of a perturbation."""
+    flat = delta.flatten(1)
+    return flat.norm(p=2, dim=1), flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(len(flat))
+
+
+def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Onto the L-inf ball of radius ``eps`` around ``x`` intersected with [0, 1]."""
+    return torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
+
+
+def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
+    """Onto the L2 ball of radius ``eps`` around ``x``, then into [0, 1].
+
+    Clipping after the radial projection can only shrink the perturbation, so the result is
+    inside both sets (it is the exact projection onto the intersection only approximately).
+    """
+    delta = x_adv - x
+    size = delta.flatten(1).norm(p=2, dim=1).clamp_min(1e-12)
+    factor = (eps / size).clamp(max=1.0).view(-1, *([1] * (delta.dim() - 1)))
+    return (x + delta * factor).clamp_(0.0, 1.0)
+
+
+def make_result(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, calls: int) -> AttackResult:
+    """Score ``x_adv`` once more and build the result (the final check is one model call)."""
+    with torch.no_grad():
+        success = model(x_adv).argmax(dim=1) != y
+    l2, linf = norms(x_adv - x)
+    return AttackResult(x_adv.detach(), success, l2, linf, calls + 1)
