@@ -81,6 +81,18 @@ def train(
     train_subset: Annotated[
         int | None, typer.Option(help="Train on the first N training images only.")
     ] = None,
+    defence: Annotated[
+        str,
+        typer.Option(help="Adversarial training: none, fgsm-at (Goodfellow) or pgd-at (Madry)."),
+    ] = "none",
+    defence_eps: Annotated[float, typer.Option(help="Adversarial-training L-inf budget.")] = 0.1,
+    defence_beta: Annotated[
+        float, typer.Option(help="fgsm-at: weight of the clean loss (1 - beta on FGSM inputs).")
+    ] = 0.5,
+    defence_steps: Annotated[int, typer.Option(help="pgd-at: PGD steps per batch.")] = 7,
+    defence_step_size: Annotated[
+        float | None, typer.Option(help="pgd-at: PGD step size (default 2.5 eps / steps).")
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed: the same seed gives identical weights on CPU.")
     ] = 0,
@@ -115,6 +127,7 @@ def train(
         "schedule": schedule,
         "augment": augment,
         "train_subset": train_subset,
+        "defence_step_size": defence_step_size,
     }
     try:
         config = TrainConfig(
@@ -126,6 +139,10 @@ def train(
             epochs=epochs,
             preset=preset,
             seed=seed,
+            defence=defence,
+            defence_eps=defence_eps,
+            defence_beta=defence_beta,
+            defence_steps=defence_steps,
             **{k: v for k, v in chosen.items() if v is not None},
         )
     except ValidationError as error:
@@ -158,3 +175,117 @@ def _describe(error: ValidationError) -> str:
         for e in error.errors()
     ]
     return "invalid options:\n  " + "\n  ".join(lines)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    params: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--param expects KEY=VALUE, got {pair!r}")
+        params[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    return params
+
+
+@app.command()
+def attack(
+    checkpoint: Annotated[Path, typer.Option(help="Run directory of a trained model.")],
+    name: Annotated[
+        str, typer.Option("--attack", help="fgsm, bim, pgd, deepfool or cw_l2.")
+    ] = "fgsm",
+    eps: Annotated[
+        float | None, typer.Option(help="Budget in [0, 1] pixel units (bounded attacks).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Iterations.")] = None,
+    step_size: Annotated[float | None, typer.Option(help="Step size (bim, pgd).")] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(
+            help="Gradient attacks: ce, margin, dlr, or smoothed (the model's own training "
+            "loss, as the paper's authors evaluated)."
+        ),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Any other attack parameter as KEY=VALUE (repeatable), e.g. restarts=5."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Dataset split to attack.")] = "test",
+    points: Annotated[
+        int, typer.Option("--n", help="Attack the first N points of the split.")
+    ] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Points per attack batch.")] = 500,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(help="Write the adversarial examples and per-point results (.safetensors)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Attack a trained model and print clean and robust accuracy (and distortions).
+
+    Example:
+
+        advls attack --checkpoint runs/als --attack bim --eps 0.1 --steps 10 --n 1000
+    """
+    from rich.progress import Progress
+
+    from advls import data as datasets
+    from advls.attacks import from_config
+    from advls.attacks.runner import attack_dataset
+    from advls.checkpoint import CheckpointError, load_model
+    from advls.train import resolve_device
+
+    config: dict[str, object] = {"name": name, "eps": eps, "steps": steps, "step_size": step_size}
+    config = {k: v for k, v in config.items() if v is not None}
+    config.update(_parse_params(param or []))
+    try:
+        target = resolve_device(device)
+        model, meta = load_model(checkpoint, target)
+        if loss is not None:
+            config["loss"] = loss
+            if loss == "smoothed":
+                trained = meta["config"]
+                smoothed = trained["loss"] != "ce"
+                config["smoothing"] = {
+                    "method": trained["loss"] if smoothed else "standard",
+                    "alpha": trained["alpha"] if smoothed else 0.0,
+                    "temperature": trained["temperature"],
+                }
+        configured = from_config(config)
+        dataset = datasets.load(meta["config"]["dataset"], split, data_dir)
+        count = min(points, len(dataset))
+        if points < 1:
+            raise ValueError(f"--n must be >= 1, got {points}")
+        images, labels = dataset.images[:count], dataset.labels[:count]
+        with Progress(transient=True, disable=not progress, console=console) as bar:
+            task = bar.add_task(f"{name}", total=count)
+            summary, result = attack_dataset(
+                configured, model, images, labels, batch_size=batch_size, device=target,
+                on_batch=lambda n: bar.advance(task, n),
+            )  # fmt: skip
+    except (CheckpointError, datasets.DataError, ValueError) as error:
+        _fail(str(error))
+    if save is not None:
+        from safetensors.torch import save_file
+
+        save.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "x_adv": result.x_adv.contiguous(),
+            "labels": labels.contiguous(),
+            "success": result.success.contiguous(),
+            "l2": result.l2.contiguous(),
+            "linf": result.linf.contiguous(),
+        }
+        save_file(tensors, save, metadata={"attack": json.dumps(config, default=str)})
+    report = {"checkpoint": str(checkpoint), "attack": config, **summary.as_dict()}
+    print(json.dumps(report, default=str))
+    settings = json.dumps({k: v for k, v in config.items() if k != "name"}, default=str)
+    console.print(
+        f"[bold]{name}[/] {settings}  clean {summary.clean_accuracy:.4f}  "
+        f"robust {summary.robust_accuracy:.4f}  "
+        f"success {summary.success_rate:.4f}  median L2 {summary.median_l2:.4f}  "
+        f"({summary.points} points, {summary.seconds:.1f} s)"
+    )

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from advls import data as datasets
 from advls.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from advls.defences import AdversarialTraining
 from advls.losses import METHODS, SmoothedCrossEntropy
 from advls.models import MODELS, create
 
@@ -86,6 +87,11 @@ class TrainConfig(BaseModel):
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/plateau decay factor")
     augment: Literal["auto", "none", "crop-flip"] = "auto"
     train_subset: int | None = Field(None, ge=1, description="use the first N training images")
+    defence: Literal["none", "fgsm-at", "pgd-at"] = "none"
+    defence_eps: float = Field(0.1, gt=0.0, le=1.0, description="adversarial-training budget")
+    defence_beta: float = Field(0.5, ge=0.0, le=1.0, description="fgsm-at weight of the clean loss")
+    defence_steps: int = Field(7, ge=1, description="pgd-at steps")
+    defence_step_size: float | None = Field(None, gt=0.0, description="pgd-at step (2.5 eps/steps)")
     seed: int = 0
     preset: Literal["default", "paper"] = "default"
 
@@ -172,6 +178,19 @@ def _make_criterion(config: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
     if config.loss == "ce" or config.alpha == 0.0:
         return F.cross_entropy
     return SmoothedCrossEntropy(config.loss, config.alpha, config.temperature)
+
+
+def _make_defence(config: TrainConfig, generator: torch.Generator) -> AdversarialTraining | None:
+    if config.defence == "none":
+        return None
+    return AdversarialTraining(
+        kind=config.defence,
+        eps=config.defence_eps,
+        beta=config.defence_beta,
+        steps=config.defence_steps,
+        step_size=config.defence_step_size,
+        generator=generator,
+    )
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -273,12 +292,15 @@ def train_epoch(
     augment_generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    defence: AdversarialTraining | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[float, float]:
     """One pass of Algorithm 1 over ``images`` (uint8, on the model's device) in random order.
 
     ``schedule`` is stepped after every optimizer step; ``augment_generator`` turns on random
-    crops and flips. Returns the mean training loss and the training accuracy.
+    crops and flips; ``defence`` trains on adversarial examples (the reported accuracy is
+    then on the examples the loss saw last: clean for fgsm-at, adversarial for pgd-at).
+    Returns the mean training loss and the training accuracy.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (the parameters may be damaged).
@@ -295,10 +317,13 @@ def train_epoch(
         x = _to_unit(x, memory_format)
         if augment_generator is not None:
             x = _augment_crop_flip(x, augment_generator)
-        with autocast:
-            logits = model(x)
         try:
-            loss = criterion(logits.float(), y)
+            with autocast:
+                if defence is None:
+                    logits = model(x)
+                    loss = criterion(logits.float(), y)
+                else:
+                    loss, logits = defence.loss(model, x, y, lambda z, t: criterion(z.float(), t))
         except ValueError as error:  # the smoothed loss refuses non-finite logits
             raise NonFiniteLossError(f"step {step + 1}: {error}") from None
         optimizer.zero_grad(set_to_none=True)
@@ -425,7 +450,10 @@ def train(
     criterion = _make_criterion(config)
     generator = torch.Generator().manual_seed(config.seed)
     augment = config.resolved_augment(train_set.input_shape)
+    # One seeded generator on the device for augmentation and the defence's random starts;
+    # its state is checkpointed, so a resumed run draws the same numbers.
     augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    defence = _make_defence(config, augment_generator)
 
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -458,6 +486,7 @@ def train(
                     augment_generator=augment_generator if augment == "crop-flip" else None,
                     autocast_dtype=torch.bfloat16 if (on_cuda and amp) else None,
                     memory_format=memory_format,
+                    defence=defence,
                     on_step=lambda step, epoch=epoch: advance(epoch, step),
                 )
             except NonFiniteLossError as error:

@@ -96,10 +96,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 # --------------------------------------------------------------------------- validation
 def check_eps(eps: float, norm: Norm = "linf", name: str = "eps") -> float:
     """A finite, non-negative budget; for L-inf at most 1 (the whole [0, 1] box)."""
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, int | float)
+        or not math.isfinite(eps)
+        or eps < 0
+    ):
         raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
     if norm == "linf" and eps > 1:
-        raise ValueError(f"{name} must be at most 1 for an L-inf attack on [0, 1] inputs, got {eps}")
+        raise ValueError(
+            f"{name} must be at most 1 for an L-inf attack on [0, 1] inputs, got {eps}"
+        )
     return float(eps)
 
 
@@ -129,7 +136,9 @@ def check_attack_inputs(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         logits = model(x)
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return logits of shape (N, K) = ({x.shape[0]}, K), got {shape}")
+        raise ValueError(
+            f"the model must return logits of shape (N, K) = ({x.shape[0]}, K), got {shape}"
+        )
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
         raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}]")
     return logits
@@ -164,17 +173,19 @@ def attack_loss(
     model's own training loss (smoothing ``method``, ``alpha``, ``temperature``), as the
     authors' evaluation used. A callable ``(logits, labels) -> (N,)`` is used as is.
     """
+    # Labels may be int32 (check_attack_inputs accepts them); gather and cross_entropy need
+    # int64, and ``.long()`` is free when they already are.
     if callable(loss):
         return loss
     if loss == "ce":
-        return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
+        return lambda logits, y: F.cross_entropy(logits, y.long(), reduction="none")
     if loss == "margin":
-        return _margin
+        return lambda logits, y: _margin(logits, y.long())
     if loss == "dlr":
-        return _dlr
+        return lambda logits, y: _dlr(logits, y.long())
     if loss == "smoothed":
         return lambda logits, y: smoothed_cross_entropy(
-            logits, y, method, alpha, temperature, reduction="none"
+            logits, y.long(), method, alpha, temperature, reduction="none"
         )
     raise ValueError(f"loss must be one of {', '.join(LOSSES)} or a callable, got {loss!r}")
 
@@ -183,7 +194,7 @@ def attack_loss(
 def norms(delta: Tensor) -> tuple[Tensor, Tensor]:
     """Per-example L2 and L-inf norms of a perturbation."""
     flat = delta.flatten(1)
-    return flat.norm(p=2, dim=1), flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(len(flat))
+    return flat.norm(p=2, dim=1), flat.abs().amax(dim=1)
 
 
 def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
@@ -203,9 +214,9 @@ def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return (x + delta * factor).clamp_(0.0, 1.0)
 
 
-def make_result(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, calls: int) -> AttackResult:
-    """Score ``x_adv`` once more and build the result (the final check is one model call)."""
+def make_result(model: CountingModel, x: Tensor, x_adv: Tensor, y: Tensor) -> AttackResult:
+    """Score ``x_adv`` with the model and build the result; every call so far is counted."""
     with torch.no_grad():
         success = model(x_adv).argmax(dim=1) != y
     l2, linf = norms(x_adv - x)
-    return AttackResult(x_adv.detach(), success, l2, linf, calls + 1)
+    return AttackResult(x_adv.detach(), success, l2, linf, model.calls)

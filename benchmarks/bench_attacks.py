@@ -1,0 +1,161 @@
+"""The paper's attacks, ours versus foolbox 3, on a LeNet trained on real MNIST.
+
+Same model (lenet-mnist, one epoch of plain training on MNIST, seed 0), same 1000 test
+images in one batch, same parameters: FGSM (eps 0.1), BIM-10 (eps 0.1, step eps/4, no random
+start), DeepFool-L2 (50 steps, 10 candidates, overshoot 0.02), CW-L2 (5 binary steps x 100
+iterations, lr 0.01). Each attack's samples are interleaved with foolbox's; the ratio is the
+median over rounds of ours/foolbox (threshold <= 1.0). Quality is reported beside time:
+success rate and median L2 over correctly classified points, and for FGSM/BIM the largest
+difference to foolbox's points. BIM-10 is also compared with its floor: 10 forward+backward
+passes of the model on the same batch (threshold <= 1.15).
+
+    .venv/bin/python benchmarks/bench_attacks.py [--threads N] [--rounds R] [--points N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from _timing import (
+    add_common_args,
+    apply_threads,
+    emit,
+    interleaved,
+    log,
+    machine_info,
+    median,
+    ratio_stats,
+)
+from advls import attacks
+from advls import data as datasets
+from advls.train import TrainConfig, train
+
+EPS = 0.1
+FALLBACK_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def trained_lenet(data_dir: str | os.PathLike[str]) -> torch.nn.Module:
+    config = TrainConfig(dataset="mnist", model="lenet-mnist", loss="ce", epochs=1, seed=0)
+    return train(config, data_dir=data_dir, device="cpu", progress=False).model.eval()
+
+
+def quality(model, x, y, x_adv) -> dict[str, float]:
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+        fooled = (model(x_adv).argmax(1) != y) & correct
+    l2 = (x_adv - x).flatten(1).norm(dim=1)
+    return {
+        "success_rate": float(fooled.sum()) / max(1, int(correct.sum())),
+        "median_l2": float(l2[fooled].median()) if fooled.any() else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    import foolbox as fb
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser, rounds=5, warmup=1)
+    parser.add_argument("--points", type=int, default=1000, help="test images (1000)")
+    parser.add_argument("--only", nargs="*", default=None, help="subset of fgsm bim deepfool cw")
+    args = parser.parse_args(argv)
+    apply_threads(args.threads)
+    data_dir = os.environ.get("ADVLS_DATA") or FALLBACK_DATA
+    log(f"bench_attacks: training lenet-mnist for one epoch on MNIST from {data_dir}")
+    model = trained_lenet(data_dir)
+    test = datasets.load("mnist", "test", data_dir, download=False, progress=False)
+    x = test.images[: args.points].float() / 255.0
+    y = test.labels[: args.points]
+    fmodel = fb.PyTorchModel(model, bounds=(0.0, 1.0))
+
+    step = EPS / 4
+    fb_bim = fb.attacks.LinfBasicIterativeAttack(abs_stepsize=step, steps=10)
+    fb_deepfool = fb.attacks.L2DeepFoolAttack(steps=50, candidates=10, overshoot=0.02)
+    fb_cw = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=5, steps=100, stepsize=0.01)
+    fb_fgsm = fb.attacks.LinfFastGradientAttack(random_start=False)
+    pairs = {
+        "fgsm": (
+            lambda: attacks.fgsm(model, x, y, eps=EPS).x_adv,
+            lambda: fb_fgsm(fmodel, x, y, epsilons=EPS)[1],
+        ),
+        "bim": (
+            lambda: attacks.bim(model, x, y, eps=EPS, steps=10, step_size=step).x_adv,
+            lambda: fb_bim(fmodel, x, y, epsilons=EPS)[1],
+        ),
+        "deepfool": (
+            lambda: attacks.deepfool(model, x, y, steps=50, candidates=10, overshoot=0.02).x_adv,
+            lambda: fb_deepfool(fmodel, x, y, epsilons=None)[0],
+        ),
+        "cw": (
+            lambda: attacks.cw_l2(model, x, y, binary_steps=5, steps=100, lr=0.01).x_adv,
+            lambda: fb_cw(fmodel, x, y, epsilons=None)[0],
+        ),
+    }  # fmt: skip
+    results = {}
+    for name, (ours, theirs) in pairs.items():
+        if args.only and name not in args.only:
+            continue
+        rounds = max(1, args.rounds // 2) if name == "cw" else args.rounds
+        times = interleaved({"ours": ours, "foolbox": theirs}, rounds=rounds, warmup=args.warmup)
+        ratio = ratio_stats(times["ours"], times["foolbox"])
+        ours_adv, their_adv = ours(), theirs()
+        entry = {
+            "ours_s": median(times["ours"]),
+            "foolbox_s": median(times["foolbox"]),
+            "ratio": ratio["median"],
+            "ratio_q1": ratio["q1"],
+            "ratio_q3": ratio["q3"],
+            "threshold": 1.0,
+            "ours_quality": quality(model, x, y, ours_adv),
+            "foolbox_quality": quality(model, x, y, their_adv),
+        }
+        if name in ("fgsm", "bim"):
+            entry["max_abs_difference"] = float((ours_adv - their_adv).abs().max())
+        entry["pass"] = entry["ratio"] <= 1.0
+        log(
+            f"  {name:9s} ours {entry['ours_s']:.3f} s  foolbox {entry['foolbox_s']:.3f} s  "
+            f"ratio {ratio['median']:.3f} [{ratio['q1']:.3f}, {ratio['q3']:.3f}]"
+        )
+        results[name] = entry
+
+    if not args.only or "bim" in args.only:
+
+        def floor() -> None:
+            # Ten forward+backward passes w.r.t. the input: what BIM-10 cannot avoid.
+            for _ in range(10):
+                z = x.detach().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(model(z), y, reduction="sum"), z)
+
+        times = interleaved(
+            {"bim": pairs["bim"][0], "floor": floor}, rounds=args.rounds, warmup=args.warmup
+        )
+        ratio = ratio_stats(times["bim"], times["floor"])
+        results["bim_vs_floor"] = {
+            "bim_s": median(times["bim"]),
+            "floor_s": median(times["floor"]),
+            "ratio": ratio["median"],
+            "ratio_q1": ratio["q1"],
+            "ratio_q3": ratio["q3"],
+            "threshold": 1.15,
+            "pass": ratio["median"] <= 1.15,
+        }
+        log(f"  bim/floor ratio {ratio['median']:.3f} [{ratio['q1']:.3f}, {ratio['q3']:.3f}]")
+
+    emit(
+        {
+            "benchmark": "attacks",
+            "description": __doc__.split("\n")[0],
+            "machine": machine_info(),
+            "settings": {"rounds": args.rounds, "warmup": args.warmup, "points": args.points},
+            "results": results,
+            "all_pass": all(entry["pass"] for entry in results.values()),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

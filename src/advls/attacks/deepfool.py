@@ -1,0 +1,172 @@
+"""DeepFool (Moosavi-Dezfooli et al. 2016): the smallest step across the linearised boundary.
+
+At every iteration each still-correct example is linearised around its current point; among
+its candidate classes ``k`` the one whose boundary ``f_k = f_y`` is nearest in the chosen
+norm is picked and the step that just reaches that (linear) boundary is added to the
+example's accumulated perturbation. The point returned is
+``clip(x + (1 + overshoot) * r_total, 0, 1)``. The update and its constants follow foolbox 3's
+``L2DeepFoolAttack`` / ``LinfDeepFoolAttack``, so the two give the same points.
+
+The whole batch moves at once: one forward pass per iteration over the examples that are
+still correctly classified, then one backward pass per candidate slot (not per example)
+through that same graph.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from advls.attacks.base import (
+    AttackResult,
+    CountingModel,
+    check_attack_inputs,
+    check_norm,
+    check_steps,
+    eval_mode,
+    make_result,
+)
+
+DeepFoolLoss = Literal["logits", "crossentropy"]
+DEEPFOOL_LOSSES: tuple[str, ...] = ("logits", "crossentropy")
+
+# foolbox 3's constants: the first keeps the norms away from zero, the second pushes every
+# step a little past the linearised boundary (on top of ``overshoot``).
+_NORM_FLOOR = 1e-8
+_STEP_EXTRA = 1e-4
+
+
+def _check_candidates(candidates: int) -> int:
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
+        raise ValueError(
+            "candidates must be an integer >= 2 (the true class and at least one other), "
+            f"got {candidates!r}"
+        )
+    return candidates
+
+
+def _check_overshoot(overshoot: float) -> float:
+    if (
+        isinstance(overshoot, bool)
+        or not isinstance(overshoot, int | float)
+        or not math.isfinite(overshoot)
+        or overshoot < 0
+    ):
+        raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
+    return float(overshoot)
+
+
+def _candidate_classes(logits: Tensor, y: Tensor, candidates: int) -> Tensor:
+    """``(N, candidates)``: the label first, then the most likely other classes (clean logits)."""
+    others = logits.scatter(1, y[:, None], -math.inf)
+    top = others.topk(candidates - 1, dim=1).indices
+    return torch.cat([y[:, None], top], dim=1)
+
+
+def deepfool(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str = "l2",
+    steps: int = 50,
+    candidates: int = 10,
+    overshoot: float = 0.02,
+    loss: str = "logits",
+) -> AttackResult:
+    """Minimal untargeted perturbation by iterated linearisation (DeepFool).
+
+    Args:
+        norm: ``l2`` or ``linf``: the norm in which the nearest linearised boundary is taken.
+        steps: most iterations; an example stops as soon as it is misclassified.
+        candidates: classes considered, counting the true class (as in foolbox): the label
+            and the ``candidates - 1`` other classes with the largest clean logits.
+        overshoot: the returned point is ``x + (1 + overshoot) * r_total`` (clipped to [0, 1]).
+        loss: ``logits`` (differences of logits, foolbox's default) or ``crossentropy``
+            (differences of log-softmax; mathematically the same differences, so the two
+            agree up to rounding).
+
+    Returns:
+        An ``AttackResult``. Inputs misclassified to begin with come back unchanged. An
+        example not misclassified after ``steps`` iterations comes back at its last point,
+        flagged ``success=False``. ``model_calls`` counts one call to score the clean batch,
+        one forward pass per iteration (its backward passes included) and one to score the
+        result.
+    """
+    norm = check_norm(norm)
+    steps = check_steps(steps)
+    candidates = _check_candidates(candidates)
+    overshoot = _check_overshoot(overshoot)
+    if loss not in DEEPFOOL_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(DEEPFOOL_LOSSES)}, got {loss!r}")
+
+    with eval_mode(model):
+        counted = CountingModel(model)
+        clean_logits = check_attack_inputs(counted, x, y)
+        num_classes = clean_logits.shape[1]
+        if num_classes < 2:
+            raise ValueError(f"DeepFool needs a model with at least 2 classes, got {num_classes}")
+        candidates = min(candidates, num_classes)
+
+        x0 = x.detach()
+        y = y.long()
+        classes = _candidate_classes(clean_logits, y, candidates)
+        x_adv = x0.clone()
+        r_total = torch.zeros_like(x0)
+        active = (clean_logits.argmax(dim=1) == y).nonzero().squeeze(1)
+
+        for _ in range(steps):
+            if active.numel() == 0:
+                break
+            point = x_adv[active].requires_grad_(True)
+            logits = counted(point)
+            # Rows that are now misclassified leave the batch: they keep their point.
+            keep = (logits.argmax(dim=1) == y[active]).nonzero().squeeze(1)  # one host sync
+            if keep.numel() == 0:
+                break
+            scores = logits.log_softmax(dim=1) if loss == "crossentropy" else logits
+            step = _linearised_step(point, scores, classes[active[keep]], keep, norm)
+            active = active[keep]
+            r_total[active] += step
+            x_adv[active] = (x0[active] + (1.0 + overshoot) * r_total[active]).clamp_(0.0, 1.0)
+
+        return make_result(counted, x, x_adv, y)
+
+
+def _linearised_step(
+    point: Tensor, scores: Tensor, classes: Tensor, keep: Tensor, norm: str
+) -> Tensor:
+    """The DeepFool step for rows ``keep`` of ``point``, whose class scores are ``scores``.
+
+    For each candidate slot ``j`` one backward pass gives, for every kept row at once, the
+    gradient ``w_k`` of ``f_k - f_y`` (``k = classes[:, j]``); a running minimum keeps the
+    slot whose linearised boundary is nearest, ``|f_k - f_y| / ||w_k||_q`` with ``q`` the
+    dual norm (2 for L2, 1 for L-inf), so the per-slot gradients are never all held at once.
+    """
+    scores = scores[keep]
+    true = scores.gather(1, classes[:, :1]).squeeze(1)
+    shape = (-1,) + (1,) * (point.dim() - 1)
+    slots = classes.shape[1]
+    best_dist = best_grad = None
+    for j in range(1, slots):
+        gap = scores.gather(1, classes[:, j : j + 1]).squeeze(1) - true
+        (grad,) = torch.autograd.grad(gap.sum(), point, retain_graph=j < slots - 1)
+        grad = grad[keep]
+        flat = grad.flatten(1)
+        dual = flat.norm(p=2, dim=1) if norm == "l2" else flat.abs().sum(dim=1)
+        dist = gap.detach().abs() / (dual + _NORM_FLOOR)
+        if best_dist is None or best_grad is None:
+            best_dist, best_grad = dist, grad
+        else:
+            nearer = dist < best_dist  # strict: ties go to the more likely class, like argmin
+            best_dist = torch.where(nearer, dist, best_dist)
+            best_grad = torch.where(nearer.view(shape), grad, best_grad)
+    assert best_dist is not None and best_grad is not None
+    size = best_dist + _STEP_EXTRA
+    if norm == "l2":
+        length = best_grad.flatten(1).norm(p=2, dim=1) + _NORM_FLOOR
+        return (size / length).view(shape) * best_grad
+    return size.view(shape) * best_grad.sign()

@@ -1,0 +1,77 @@
+"""`advls attack`: a checkpoint, an attack, a summary; bad input is a clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from advls.cli import app
+from advls.train import TrainConfig, train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import write_toy_npz
+
+    root = tmp_path_factory.mktemp("attack-cli")
+    npz = write_toy_npz(root / "toy.npz")
+    run = root / "run"
+    config = TrainConfig(dataset=str(npz), model="linear", loss="ce", epochs=2, batch_size=32)
+    train(config, run, device="cpu", progress=False)
+    return run
+
+
+def _summary(output: str) -> dict:
+    return json.loads(next(line for line in output.splitlines() if line.startswith("{")))
+
+
+def test_attack_prints_accuracies_and_saves_examples(run_dir: Path, tmp_path: Path) -> None:
+    saved = tmp_path / "adv.safetensors"
+    args = ["attack", "--checkpoint", str(run_dir), "--attack", "bim", "--eps", "0.3"]
+    result = runner.invoke(app, [*args, "--steps", "5", "--n", "64", "--save", str(saved)])
+    assert result.exit_code == 0, result.output
+    summary = _summary(result.stdout)
+    assert summary["points"] == 64 and summary["clean_accuracy"] == 1.0
+    assert summary["robust_accuracy"] <= summary["clean_accuracy"]
+    assert summary["attack"] == {"name": "bim", "eps": 0.3, "steps": 5}
+    tensors = load_file(saved)
+    assert tensors["x_adv"].shape == (64, 1, 16, 16)
+    assert float(tensors["linf"].max()) <= 0.3 + 1e-6
+    assert float(1 - tensors["success"].float().mean()) == summary["robust_accuracy"]
+
+
+def test_minimal_attack_reports_distortion(run_dir: Path) -> None:
+    args = ["attack", "--checkpoint", str(run_dir), "--attack", "deepfool", "--n", "32"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = _summary(result.stdout)
+    assert summary["success_rate"] > 0.9 and summary["median_l2"] > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--attack", "nope"], "attack must be one of"),
+        (["--attack", "fgsm", "--eps", "-0.1"], "eps must be"),
+        (["--attack", "fgsm", "--eps", "0.1", "--param", "restarts=3"], "takes no parameter"),
+        (["--attack", "fgsm", "--eps", "0.1", "--loss", "hinge"], "loss must be one of"),
+    ],
+)
+def test_bad_attack_settings_are_clear_errors(
+    run_dir: Path, extra: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["attack", "--checkpoint", str(run_dir), *extra])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["attack", "--checkpoint", str(tmp_path / "none"), "--eps", "0.1"])
+    assert result.exit_code == 2
+    assert "no advls checkpoint" in result.output
