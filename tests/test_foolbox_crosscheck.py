@@ -35,6 +35,14 @@ def _foolbox(model: torch.nn.Module):
     return fb.PyTorchModel(model, bounds=(0.0, 1.0))
 
 
+def _without_placeholders(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """foolbox 3's CW returns an all-zero image for every example it fails on; a blank image is
+    misclassified by most MNIST models, so those placeholders would count as successes. They
+    are failures: put the clean input back, as our attacks return it."""
+    blank = x_adv.flatten(1).abs().amax(dim=1) == 0
+    return torch.where(blank.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
+
+
 def _minimal_stats(model, x, y, x_adv) -> tuple[float, float]:
     """Success rate and median L2 over the points the model classifies correctly."""
     with torch.no_grad():
@@ -80,6 +88,7 @@ def test_cw_at_least_as_good_as_foolbox(mnist_lenet) -> None:
     model, x, y = mnist_lenet
     attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=5, steps=100, stepsize=0.01)
     theirs, _, _ = attack(_foolbox(model), x, y, epsilons=None)
+    theirs = _without_placeholders(x, theirs)
     ours = attacks.cw_l2(model, x, y, binary_steps=5, steps=100, lr=0.01)
     our_rate, our_l2 = _minimal_stats(model, x, y, ours.x_adv)
     their_rate, their_l2 = _minimal_stats(model, x, y, theirs)

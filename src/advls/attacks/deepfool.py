@@ -15,7 +15,6 @@ through that same graph.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +29,6 @@ from advls.attacks.base import (
     make_result,
 )
 
-DeepFoolLoss = Literal["logits", "crossentropy"]
 DEEPFOOL_LOSSES: tuple[str, ...] = ("logits", "crossentropy")
 
 # foolbox 3's constants: the first keeps the norms away from zero, the second pushes every
@@ -121,19 +119,20 @@ def deepfool(
         for _ in range(steps):
             if active.numel() == 0:
                 break
-            point = x_adv[active].requires_grad_(True)
-            logits = counted(point)
-            # Rows that are now misclassified leave the batch: they keep their point.
-            keep = (logits.argmax(dim=1) == y[active]).nonzero().squeeze(1)  # one host sync
-            if keep.numel() == 0:
-                break
-            scores = logits.log_softmax(dim=1) if loss == "crossentropy" else logits
-            step = _linearised_step(point, scores, classes[active[keep]], keep, norm)
+            with torch.enable_grad():  # the caller may be inside torch.no_grad()
+                point = x_adv[active].requires_grad_(True)
+                logits = counted(point)
+                # Rows now misclassified leave the batch and keep their point.
+                keep = (logits.argmax(dim=1) == y[active]).nonzero().squeeze(1)  # one sync
+                if keep.numel() == 0:
+                    break
+                scores = logits.log_softmax(dim=1) if loss == "crossentropy" else logits
+                step = _linearised_step(point, scores, classes[active[keep]], keep, norm)
             active = active[keep]
             r_total[active] += step
             x_adv[active] = (x0[active] + (1.0 + overshoot) * r_total[active]).clamp_(0.0, 1.0)
 
-        return make_result(counted, x, x_adv, y)
+        return make_result(counted, x0, x_adv, y)
 
 
 def _linearised_step(

@@ -84,6 +84,8 @@ def _iterate(
             (grad,) = torch.autograd.grad(objective(model(leaf), y).sum(), leaf)
         with torch.no_grad():
             if norm == "linf":
+                # An expanded gradient (an input the loss ignores) cannot be signed in place.
+                grad = grad if grad.is_contiguous() else grad.contiguous()
                 x_adv.add_(grad.sign_(), alpha=step_size)
                 # foolbox's order: x0 + clip(x - x0, -eps, eps), then the [0, 1] box.
                 x_adv.sub_(x).clamp_(-eps, eps).add_(x).clamp_(0.0, 1.0)
