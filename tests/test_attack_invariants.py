@@ -245,18 +245,18 @@ def test_restarts_keep_the_first_success() -> None:
 def test_model_calls() -> None:
     model = make_model("linear", 0)
     x, y = make_batch(0, 4)
-    assert fgsm(model, x, y, eps=0.1).model_calls == 3
+    assert fgsm(model, x, y, eps=0.1).model_calls == 2  # gradient, final scoring
     for steps in (1, 7):
-        assert bim(model, x, y, eps=0.1, steps=steps).model_calls == steps + 2
-        assert pgd(model, x, y, eps=0.1, steps=steps, seed=0).model_calls == steps + 2
+        assert bim(model, x, y, eps=0.1, steps=steps).model_calls == steps + 1
+        assert pgd(model, x, y, eps=0.1, steps=steps, seed=0).model_calls == steps + 1
     # Never fooled (y is the constant prediction): every restart runs and scores.
     never = torch.zeros(4, dtype=torch.long)
-    assert pgd(Constant(), x, never, eps=0.1, steps=3, restarts=4).model_calls == 1 + 4 * 4
+    assert pgd(Constant(), x, never, eps=0.1, steps=3, restarts=4).model_calls == 4 * 4
     # Always fooled: the restart loop stops after the first run.
     always = torch.ones(4, dtype=torch.long)
-    assert pgd(Constant(), x, always, eps=0.1, steps=3, restarts=4).model_calls == 2 + 4
+    assert pgd(Constant(), x, always, eps=0.1, steps=3, restarts=4).model_calls == 1 + 4
     # Without a random start every restart would repeat the first: only one runs.
-    assert pgd(model, x, y, eps=0.1, steps=3, restarts=4, random_start=False).model_calls == 5
+    assert pgd(model, x, y, eps=0.1, steps=3, restarts=4, random_start=False).model_calls == 4
 
 
 # --------------------------------------------------------------------------- closed forms

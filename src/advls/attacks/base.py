@@ -26,7 +26,9 @@ __all__ = [
     "CountingModel",
     "attack_loss",
     "check_attack_inputs",
+    "check_batch",
     "check_eps",
+    "check_logits",
     "check_steps",
     "eval_mode",
     "make_result",
@@ -65,16 +67,25 @@ class AttackResult:
 
 
 class CountingModel(nn.Module):
-    """Wraps a model to count its forward passes (the attack's ``model_calls``)."""
+    """Wraps a model to count its forward passes (the attack's ``model_calls``).
 
-    def __init__(self, model: nn.Module) -> None:
+    Given ``labels``, it also checks the first output against them (shape and label range),
+    so an attack validates the model without spending a forward pass on it.
+    """
+
+    def __init__(self, model: nn.Module, labels: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.calls = 0
+        self._unchecked_labels = labels
 
     def forward(self, x: Tensor) -> Tensor:
         self.calls += 1
-        return self.model(x)
+        logits = self.model(x)
+        if self._unchecked_labels is not None:
+            check_logits(logits, self._unchecked_labels)
+            self._unchecked_labels = None
+        return logits
 
 
 @contextlib.contextmanager
@@ -122,25 +133,43 @@ def check_norm(norm: str) -> Norm:
     return norm  # type: ignore[return-value]
 
 
-def check_attack_inputs(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Validate ``x``/``y`` and the model's output shape; return the clean logits."""
+def check_batch(x: Tensor, y: Tensor) -> None:
+    """Validate inputs and labels without calling the model."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2:
         raise ValueError("x must be a floating-point tensor (N, ...) of inputs in [0, 1]")
     if not isinstance(y, Tensor) or y.dim() != 1 or y.dtype not in (torch.int64, torch.int32):
         raise ValueError("y must be a 1-D integer tensor of class indices")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y has {y.shape[0]} labels but x has {x.shape[0]} inputs")
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise ValueError("x must lie in [0, 1] (normalisation belongs inside the model)")
-    with torch.no_grad():
-        logits = model(x)
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+    if x.numel():
+        low, high = torch.aminmax(x.detach())
+        if float(low) < 0.0 or float(high) > 1.0:
+            raise ValueError("x must lie in [0, 1] (normalisation belongs inside the model)")
+
+
+def check_logits(logits: object, y: Tensor) -> None:
+    """The model's output must be (N, K) logits and the labels must lie in [0, K)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(
-            f"the model must return logits of shape (N, K) = ({x.shape[0]}, K), got {shape}"
+            f"the model must return logits of shape (N, K) = ({y.shape[0]}, K), got {shape}"
         )
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= logits.shape[1]):
-        raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}]")
+    if y.numel():
+        low, high = torch.aminmax(y)
+        if int(low) < 0 or int(high) >= logits.shape[1]:
+            raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}]")
+
+
+def check_attack_inputs(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Validate ``x``/``y`` and the model's output shape; return the clean logits.
+
+    For attacks that need the clean logits anyway (one model call). Attacks that do not can
+    call :func:`check_batch` and let :class:`CountingModel` check the first output instead.
+    """
+    check_batch(x, y)
+    with torch.no_grad():
+        logits = model(x)
+    check_logits(logits, y)
     return logits
 
 

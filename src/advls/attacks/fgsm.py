@@ -10,7 +10,7 @@ from advls.attacks.base import (
     CountingModel,
     LossFn,
     attack_loss,
-    check_attack_inputs,
+    check_batch,
     check_eps,
     eval_mode,
     make_result,
@@ -44,8 +44,8 @@ def fgsm(
     eps = check_eps(eps)
     objective = attack_loss(loss, **(smoothing or {}))
     with eval_mode(model):
-        counted = CountingModel(model)
-        check_attack_inputs(counted, x, y)
+        check_batch(x, y)
+        counted = CountingModel(model, labels=y)
         grad = loss_gradient(counted, x, y, objective)
-        x_adv = (x + eps * grad.sign()).clamp_(0.0, 1.0)
+        x_adv = torch.sign(grad).mul_(eps).add_(x).clamp_(0.0, 1.0)
         return make_result(counted, x, x_adv, y)

@@ -6,11 +6,11 @@ ball (L-inf or L2) and can restart. The update order follows foolbox 3's
 ``BaseGradientDescent`` (step, then ``x0 + clip(x - x0)`` onto the ball, then clip to
 [0, 1]), so BIM equals foolbox's ``LinfBasicIterativeAttack`` given the same absolute step.
 
-``model_calls``: one check of the clean batch, one forward+backward per step and one final
-scoring of ``x_adv``, so BIM and single-run PGD cost ``steps + 2``. With restarts, every run
-but the last scores its output (one more call) to find the examples still to attack, so
-``R`` runs cost ``1 + R * (steps + 1)``; when every example is fooled before the last run,
-the loop stops after ``r`` runs at ``2 + r * (steps + 1)``.
+``model_calls``: one forward+backward per step (the first also checks the model's output)
+and one final scoring of ``x_adv``, so BIM and single-run PGD cost ``steps + 1``. With
+restarts, every run but the last scores its output (one more call) to find the examples
+still to attack, so ``R`` runs cost ``R * (steps + 1)``; when every example is fooled before
+the last run, the loop stops after ``r`` runs at ``1 + r * (steps + 1)``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from advls.attacks.base import (
     LossFn,
     Norm,
     attack_loss,
-    check_attack_inputs,
+    check_batch,
     check_eps,
     check_norm,
     check_steps,
@@ -140,7 +140,7 @@ def bim(
         loss: ``ce``, ``margin``, ``dlr``, ``smoothed`` or a callable (see ``attack_loss``).
         smoothing: for ``loss="smoothed"``: ``{"method": ..., "alpha": ..., "temperature": ...}``.
 
-    ``model_calls == steps + 2`` (the input check, one per step, the final scoring).
+    ``model_calls == steps + 1`` (one per step, then the final scoring).
     """
     eps = check_eps(eps)
     steps = check_steps(steps)
@@ -148,8 +148,8 @@ def bim(
     step = eps / steps if step is None else step
     objective = attack_loss(loss, **(smoothing or {}))
     with eval_mode(model):
-        counted = CountingModel(model)
-        check_attack_inputs(counted, x, y)
+        check_batch(x, y)
+        counted = CountingModel(model, labels=y)
         x0 = x.detach()
         x_adv = _iterate(
             counted,
@@ -202,8 +202,8 @@ def pgd(
         seed: seeds a private generator on the input's device, so the result is reproducible
             and the global RNG is left alone; ``None`` draws from the global RNG.
 
-    ``model_calls``: ``steps + 2`` for one run, ``1 + R * (steps + 1)`` for ``R`` runs, or
-    ``2 + r * (steps + 1)`` when all examples were fooled after ``r < restarts`` runs.
+    ``model_calls``: ``steps + 1`` for one run, ``R * (steps + 1)`` for ``R`` runs, or
+    ``1 + r * (steps + 1)`` when all examples were fooled after ``r < restarts`` runs.
     """
     norm = check_norm(norm)
     eps = check_eps(eps, norm)
@@ -218,8 +218,8 @@ def pgd(
     objective = attack_loss(loss, **(smoothing or {}))
     runs = restarts if random_start else 1
     with eval_mode(model):
-        counted = CountingModel(model)
-        check_attack_inputs(counted, x, y)
+        check_batch(x, y)
+        counted = CountingModel(model, labels=y)
         x0 = x.detach()
         generator = None
         if random_start and seed is not None:
