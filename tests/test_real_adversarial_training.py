@@ -22,7 +22,8 @@ def _test_points(real_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.slow
 def test_fgsm_training_resists_fgsm_far_more_than_bim(real_data: Path) -> None:
-    """The paper's baseline pattern: FGSM-trained models look robust to FGSM only."""
+    """The paper's baseline pattern (MNIST LeNet at its largest eps: FGSM 0.754, BIM 0.316):
+    an FGSM-trained model looks robust to FGSM and much less so to BIM at the same eps."""
     config = TrainConfig(
         dataset="mnist",
         model="lenet-mnist",
@@ -33,10 +34,11 @@ def test_fgsm_training_resists_fgsm_far_more_than_bim(real_data: Path) -> None:
     )
     model = train(config, data_dir=real_data, device="cpu", progress=False).model
     x, y = _test_points(real_data)
-    fgsm = attacks.fgsm(model, x, y, eps=EPS).robust_accuracy
-    bim = attacks.bim(model, x, y, eps=EPS, steps=10, step_size=EPS / 4).robust_accuracy
-    print(f"FGSM-AT: FGSM accuracy {fgsm:.3f}, BIM-10 accuracy {bim:.3f} at eps {EPS}")
-    assert fgsm >= bim + 0.15
+    eps = 2 * EPS
+    fgsm = attacks.fgsm(model, x, y, eps=eps).robust_accuracy
+    bim = attacks.bim(model, x, y, eps=eps, steps=10, step_size=eps / 4).robust_accuracy
+    print(f"FGSM-AT (eps {EPS}): FGSM accuracy {fgsm:.3f}, BIM-10 {bim:.3f} at eps {eps}")
+    assert fgsm >= bim + 0.2
 
 
 @pytest.mark.slower

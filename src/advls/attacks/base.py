@@ -243,9 +243,13 @@ def project_l2(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return (x + delta * factor).clamp_(0.0, 1.0)
 
 
-def make_result(model: CountingModel, x: Tensor, x_adv: Tensor, y: Tensor) -> AttackResult:
-    """Score ``x_adv`` with the model and build the result; every call so far is counted."""
-    with torch.no_grad():
-        success = model(x_adv).argmax(dim=1) != y
+def make_result(
+    model: CountingModel, x: Tensor, x_adv: Tensor, y: Tensor, logits: Tensor | None = None
+) -> AttackResult:
+    """Score ``x_adv`` (or take its full-batch ``logits``) and build the result."""
+    if logits is None:
+        with torch.no_grad():
+            logits = model(x_adv)
+    success = logits.argmax(dim=1) != y
     l2, linf = norms(x_adv - x)
     return AttackResult(x_adv.detach(), success, l2, linf, model.calls)

@@ -114,25 +114,40 @@ def deepfool(
         classes = _candidate_classes(clean_logits, y, candidates)
         x_adv = x0.clone()
         r_total = torch.zeros_like(x0)
-        active = (clean_logits.argmax(dim=1) == y).nonzero().squeeze(1)
-
-        for _ in range(steps):
-            if active.numel() == 0:
-                break
-            with torch.enable_grad():  # the caller may be inside torch.no_grad()
-                point = x_adv[active].requires_grad_(True)
-                logits = counted(point)
-                # Rows now misclassified leave the batch and keep their point.
-                keep = (logits.argmax(dim=1) == y[active]).nonzero().squeeze(1)  # one sync
-                if keep.numel() == 0:
-                    break
-                scores = logits.log_softmax(dim=1) if loss == "crossentropy" else logits
-                step = _linearised_step(point, scores, classes[active[keep]], keep, norm)
-            active = active[keep]
-            r_total[active] += step
-            x_adv[active] = (x0[active] + (1.0 + overshoot) * r_total[active]).clamp_(0.0, 1.0)
-
-        return make_result(counted, x0, x_adv, y)
+        correct = clean_logits.argmax(dim=1) == y
+        active = correct.nonzero().squeeze(1)
+        remaining, forced = steps, False
+        while True:
+            if active.numel() and remaining:
+                remaining -= 1
+                with torch.enable_grad():  # the caller may be inside torch.no_grad()
+                    point = x_adv[active].requires_grad_(True)
+                    logits = counted(point)
+                    # Rows now misclassified leave the batch and keep their point; rows sent
+                    # back by the full-batch check below take one step regardless.
+                    still_correct = logits.argmax(dim=1) == y[active]
+                    keep = torch.ones_like(still_correct) if forced else still_correct
+                    keep = keep.nonzero().squeeze(1)
+                    forced = False
+                    if keep.numel():
+                        scores = logits.log_softmax(dim=1) if loss == "crossentropy" else logits
+                        step = _linearised_step(point, scores, classes[active[keep]], keep, norm)
+                active = active[keep]
+                if active.numel():
+                    r_total[active] += step
+                    x_adv[active] = (x0[active] + (1.0 + overshoot) * r_total[active]).clamp_(
+                        0.0, 1.0
+                    )
+                continue
+            # The loop judged subsets of the batch; CPU kernels round differently at other
+            # batch sizes, so a point on the boundary can flip back. Score the whole batch and
+            # push such points on while steps remain.
+            with torch.no_grad():
+                final = counted(x_adv)
+            active = (correct & (final.argmax(dim=1) == y)).nonzero().squeeze(1)
+            if active.numel() == 0 or remaining == 0:
+                return make_result(counted, x0, x_adv, y, logits=final)
+            forced = True
 
 
 def _linearised_step(
