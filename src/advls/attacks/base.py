@@ -28,7 +28,9 @@ __all__ = [
     "check_attack_inputs",
     "check_batch",
     "check_eps",
+    "check_int",
     "check_logits",
+    "check_number",
     "check_steps",
     "eval_mode",
     "make_result",
@@ -105,26 +107,39 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 # --------------------------------------------------------------------------- validation
+def check_number(value: float, name: str, *, positive: bool = False) -> float:
+    """A finite real number, ``>= 0`` (``> 0`` when ``positive``); bools are refused."""
+    bad = (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or (value <= 0 if positive else value < 0)
+    )
+    if bad:
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def check_int(value: int, name: str, minimum: int = 1) -> int:
+    """An integer ``>= minimum``; bools and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def check_eps(eps: float, norm: Norm = "linf", name: str = "eps") -> float:
     """A finite, non-negative budget; for L-inf at most 1 (the whole [0, 1] box)."""
-    if (
-        isinstance(eps, bool)
-        or not isinstance(eps, int | float)
-        or not math.isfinite(eps)
-        or eps < 0
-    ):
-        raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
+    eps = check_number(eps, name)
     if norm == "linf" and eps > 1:
         raise ValueError(
             f"{name} must be at most 1 for an L-inf attack on [0, 1] inputs, got {eps}"
         )
-    return float(eps)
+    return eps
 
 
 def check_steps(steps: int, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {steps!r}")
-    return steps
+    return check_int(steps, name)
 
 
 def check_norm(norm: str) -> Norm:

@@ -29,6 +29,7 @@ from advls.attacks.base import (
     CountingModel,
     _margin,
     check_attack_inputs,
+    check_number,
     check_steps,
     eval_mode,
     make_result,
@@ -39,19 +40,6 @@ __all__ = ["cw_l2"]
 #: ``atanh`` of ``(2x - 1) * _SQUEEZE``: pixels at exactly 0 or 1 get a finite ``w`` and can move.
 _SQUEEZE = 1.0 - 1e-6
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
-
-
-def _check_number(value: float, name: str, *, positive: bool) -> float:
-    bad = (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or (value <= 0 if positive else value < 0)
-    )
-    if bad:
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
 
 
 def cw_l2(
@@ -89,9 +77,9 @@ def cw_l2(
     """
     binary_steps = check_steps(binary_steps, "binary_steps")
     steps = check_steps(steps)
-    lr = _check_number(lr, "lr", positive=True)
-    initial_const = _check_number(initial_const, "initial_const", positive=True)
-    confidence = _check_number(confidence, "confidence", positive=False)
+    lr = check_number(lr, "lr", positive=True)
+    initial_const = check_number(initial_const, "initial_const", positive=True)
+    confidence = check_number(confidence, "confidence", positive=False)
     if not isinstance(abort_early, bool):
         raise ValueError(f"abort_early must be a bool, got {abort_early!r}")
 

@@ -24,6 +24,7 @@ from advls.attacks.base import (
     CountingModel,
     check_attack_inputs,
     check_norm,
+    check_number,
     check_steps,
     eval_mode,
     make_result,
@@ -44,17 +45,6 @@ def _check_candidates(candidates: int) -> int:
             f"got {candidates!r}"
         )
     return candidates
-
-
-def _check_overshoot(overshoot: float) -> float:
-    if (
-        isinstance(overshoot, bool)
-        or not isinstance(overshoot, int | float)
-        or not math.isfinite(overshoot)
-        or overshoot < 0
-    ):
-        raise ValueError(f"overshoot must be a finite number >= 0, got {overshoot!r}")
-    return float(overshoot)
 
 
 def _candidate_classes(logits: Tensor, y: Tensor, candidates: int) -> Tensor:
@@ -97,7 +87,7 @@ def deepfool(
     norm = check_norm(norm)
     steps = check_steps(steps)
     candidates = _check_candidates(candidates)
-    overshoot = _check_overshoot(overshoot)
+    overshoot = check_number(overshoot, "overshoot")
     if loss not in DEEPFOOL_LOSSES:
         raise ValueError(f"loss must be one of {', '.join(DEEPFOOL_LOSSES)}, got {loss!r}")
 

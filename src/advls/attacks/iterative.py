@@ -15,8 +15,6 @@ the last run, the loop stops after ``r`` runs at ``1 + r * (steps + 1)``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -28,7 +26,9 @@ from advls.attacks.base import (
     attack_loss,
     check_batch,
     check_eps,
+    check_int,
     check_norm,
+    check_number,
     check_steps,
     eval_mode,
     make_result,
@@ -38,22 +38,7 @@ __all__ = ["bim", "pgd"]
 
 
 def _check_step_size(step_size: float | None) -> float | None:
-    if step_size is None:
-        return None
-    if (
-        isinstance(step_size, bool)
-        or not isinstance(step_size, int | float)
-        or not math.isfinite(step_size)
-        or step_size <= 0
-    ):
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-    return float(step_size)
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return None if step_size is None else check_number(step_size, "step_size", positive=True)
 
 
 def _per_example(values: Tensor, like: Tensor) -> Tensor:
@@ -210,7 +195,7 @@ def pgd(
     steps = check_steps(steps)
     step = _check_step_size(step_size)
     step = 2.5 * eps / steps if step is None else step
-    restarts = _check_positive_int(restarts, "restarts")
+    restarts = check_int(restarts, "restarts")
     if not isinstance(random_start, bool):
         raise ValueError(f"random_start must be True or False, got {random_start!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
