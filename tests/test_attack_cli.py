@@ -75,3 +75,25 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["attack", "--checkpoint", str(tmp_path / "none"), "--eps", "0.1"])
     assert result.exit_code == 2
     assert "no advls checkpoint" in result.output
+
+
+def test_bad_yaml_and_save_targets_fail_before_attacking(run_dir: Path, tmp_path: Path) -> None:
+    base = ["attack", "--checkpoint", str(run_dir), "--attack", "pgd", "--eps", "0.1"]
+    result = runner.invoke(app, [*base, "--param", "restarts=[1"])
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+    result = runner.invoke(app, [*base, "--save", str(tmp_path)])
+    assert result.exit_code == 2 and "must name a .safetensors file" in result.output
+
+
+def test_undefined_statistics_are_json_null(run_dir: Path) -> None:
+    result = runner.invoke(app, ["attack", "--checkpoint", str(run_dir), "--eps", "0", "--n", "16"])
+    assert result.exit_code == 0, result.output
+    summary = _summary(result.stdout)  # json.loads refuses a bare NaN only in strict parsers
+    assert summary["median_l2"] is None and summary["success_rate"] == 0.0
+
+
+def test_smoothed_loss_of_a_plain_model_is_cross_entropy(run_dir: Path) -> None:
+    args = ["attack", "--checkpoint", str(run_dir), "--eps", "0.1", "--param", "loss=smoothed"]
+    result = runner.invoke(app, [*args, "--n", "16"])
+    assert result.exit_code == 0, result.output
+    assert _summary(result.stdout)["attack"]["loss"] == "ce"

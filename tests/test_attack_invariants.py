@@ -503,3 +503,27 @@ def test_bad_inputs(case: str, bad: str) -> None:
 def test_every_registered_attack_is_covered() -> None:
     covered = {CASES[case][0].__name__ for case in CASES}
     assert set(attacks.ATTACKS) <= covered | {"apgd", "square", "transfer"}
+
+
+def test_dlr_needs_three_classes_and_smoothed_needs_the_smoothing() -> None:
+    from advls.attacks.base import attack_loss
+
+    logits, labels = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="dlr loss needs at least 3 classes"):
+        attack_loss("dlr")(logits, labels)
+    with pytest.raises(ValueError, match="needs the model's smoothing"):
+        attack_loss("smoothed")
+    assert attack_loss("smoothed", method="adversarial", alpha=0.1)(logits, labels).shape == (4,)
+
+
+def test_success_rate_is_undefined_without_correct_points() -> None:
+    import math
+
+    from advls.attacks.runner import attack_dataset
+
+    model = make_model("linear", 0)
+    x, _ = make_batch(0, 6)
+    wrong = (model(x).argmax(1) + 1) % model(x).shape[1]
+    summary, _ = attack_dataset(functools.partial(fgsm, eps=0.1), model, x, wrong)
+    assert summary.clean_accuracy == 0.0 and summary.robust_accuracy == 0.0
+    assert math.isnan(summary.success_rate)

@@ -46,3 +46,10 @@ def test_train_prints_a_json_summary(tmp_path: Path, toy_npz: Path) -> None:
     summary = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))
     assert summary["epoch"] == 1 and summary["test_accuracy"] == 1.0
     assert (run / "checkpoint.json").is_file()
+
+
+def test_out_that_is_a_file_fails_before_training(tmp_path: Path, toy_npz: Path) -> None:
+    out = tmp_path / "taken"
+    out.write_text("not a directory")
+    result = runner.invoke(app, ["train", "--dataset", str(toy_npz), "--out", str(out)])
+    assert result.exit_code == 2 and "exists and is not a directory" in result.output

@@ -709,3 +709,33 @@ def test_large_logits_do_not_overflow(problem, method, alpha, dtype):
     x = z_cast.clone().requires_grad_(True)
     smoothed_cross_entropy(x, y, method, alpha, 0.5, reduction="sum").backward()
     assert bool(torch.isfinite(x.grad).all())
+
+
+def test_second_derivatives_match_the_composite_loss() -> None:
+    """Input-gradient penalties differentiate the loss twice: the fused backward must too."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+
+    def penalty_gradient(loss_fn) -> torch.Tensor:
+        weight = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+        torch.manual_seed(1)
+        weight.data = torch.randn(5, 4, dtype=torch.float64)
+        (gx,) = torch.autograd.grad(loss_fn(x @ weight), x, create_graph=True)
+        (gw,) = torch.autograd.grad(gx.pow(2).sum(), weight)
+        return gw
+
+    def composite(logits: torch.Tensor) -> torch.Tensor:
+        q = smooth_labels(logits, labels, "adversarial", 0.2)
+        return -(q * logits.log_softmax(dim=1)).sum(dim=1).mean()
+
+    ours = penalty_gradient(lambda z: smoothed_cross_entropy(z, labels, "adversarial", 0.2))
+    torch.testing.assert_close(ours, penalty_gradient(composite), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("classes", [5, 20])
+def test_non_contiguous_logits(classes: int) -> None:
+    base = torch.randn(classes, 6, dtype=torch.float64)
+    labels = torch.arange(6) % classes
+    expected = smoothed_cross_entropy(base.t().contiguous(), labels, "standard", 0.1)
+    torch.testing.assert_close(smoothed_cross_entropy(base.t(), labels, "standard", 0.1), expected)

@@ -226,3 +226,16 @@ def test_cuda_requested_without_a_gpu_is_an_error() -> None:
     assert resolve_device("auto").type == "cpu"
     with pytest.raises(ValueError, match="device must be"):
         resolve_device("tpu")
+
+
+def test_a_record_pointing_outside_its_run_is_refused(toy_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_config(toy_npz), run, progress=False, device="cpu")
+    record = json.loads((run / "checkpoint.json").read_text())
+    (run / "checkpoint.json").write_text(json.dumps({**record, "path": "../elsewhere/epoch-0001"}))
+    with pytest.raises(CheckpointError, match="'path' must be an epoch directory"):
+        read_checkpoint(run)
+    del record["model"]
+    (run / "checkpoint.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="'model' must describe the architecture"):
+        load_model(run)

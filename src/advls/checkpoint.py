@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 FORMAT = "advls.checkpoint/1"
+_EPOCH_DIR = re.compile(r"epoch-\d{4,}")
 RECORD = "checkpoint.json"
 _KEEP = 2  # epochs kept on disk: the committed one and the one before it
 
@@ -90,8 +92,10 @@ def write_checkpoint(
     name = f"epoch-{epoch:04d}"
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}."))
     tag = {"format": FORMAT, "epoch": str(epoch)}
-    save_file(_contiguous(model_state), staging / "model.safetensors", metadata=tag)
-    save_file(_contiguous(train_state), staging / "state.safetensors", metadata=tag)
+    for filename, state in (("model.safetensors", model_state), ("state.safetensors", train_state)):
+        save_file(_contiguous(state), staging / filename, metadata=tag)
+        _fsync(staging / filename)  # on disk before the record that points at them
+    _fsync(staging)
     final = run_dir / name
     if final.exists():  # left by a run killed after writing it but before committing it
         shutil.rmtree(final)
@@ -100,6 +104,14 @@ def write_checkpoint(
     _atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=True))
     _prune(run_dir, keep={f"epoch-{e:04d}" for e in range(epoch - _KEEP + 1, epoch + 1)})
     return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _contiguous(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -135,12 +147,29 @@ def read_checkpoint(path: str | os.PathLike[str], *, with_train_state: bool = Tr
         raise CheckpointError(
             f"{record_path} is not an advls checkpoint (format {FORMAT!r} expected)"
         )
-    epoch_dir = record_path.parent / str(meta["path"])
+    _check_record(record_path, meta)
+    epoch_dir = record_path.parent / meta["path"]
     model_state = _load_tensors(epoch_dir / "model.safetensors", meta["epoch"])
     train_state = (
         _load_tensors(epoch_dir / "state.safetensors", meta["epoch"]) if with_train_state else {}
     )
     return Checkpoint(record_path.parent, meta, model_state, train_state)
+
+
+def _check_record(record_path: Path, meta: dict[str, Any]) -> None:
+    """The fields readers rely on; ``path`` must name an epoch directory beside the record."""
+    problems = []
+    if not isinstance(meta.get("epoch"), int) or meta["epoch"] < 1:
+        problems.append("'epoch' must be a positive integer")
+    if not isinstance(meta.get("path"), str) or not _EPOCH_DIR.fullmatch(meta["path"]):
+        problems.append("'path' must be an epoch directory name like epoch-0001")
+    if not isinstance(meta.get("config"), dict):
+        problems.append("'config' must be an object")
+    model = meta.get("model")
+    if not isinstance(model, dict) or not {"name", "num_classes", "input_shape"} <= set(model):
+        problems.append("'model' must describe the architecture")
+    if problems:
+        raise CheckpointError(f"{record_path} is damaged: {'; '.join(problems)}")
 
 
 def _load_tensors(path: Path, epoch: int) -> dict[str, Tensor]:

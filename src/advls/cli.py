@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -147,6 +148,8 @@ def train(
         )
     except ValidationError as error:
         _fail(_describe(error))
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} exists and is not a directory")
     try:
         result = run_training(
             config,
@@ -158,7 +161,7 @@ def train(
             progress=progress,
             log=console.print,
         )
-    except (NonFiniteLossError, DataError, CheckpointError, ValueError) as error:
+    except (NonFiniteLossError, DataError, CheckpointError, ValueError, OSError) as error:
         _fail(str(error))
     summary = {"run_dir": str(out), **result.history[-1]}
     print(json.dumps(summary))
@@ -184,9 +187,42 @@ def _parse_params(pairs: list[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            _fail(f"--param expects KEY=VALUE, got {pair!r}")
-        params[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+            raise ValueError(f"--param expects KEY=VALUE, got {pair!r}")
+        try:
+            params[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--param {pair!r}: the value is not valid YAML ({error})") from None
     return params
+
+
+def _use_training_loss(config: dict[str, object], trained: dict[str, object]) -> None:
+    """``loss=smoothed``: the model's own training loss; for a CE-trained model that is CE."""
+    if trained["loss"] == "ce" or trained["alpha"] == 0:
+        config["loss"] = "ce"
+        return
+    config["smoothing"] = {
+        "method": trained["loss"],
+        "alpha": trained["alpha"],
+        "temperature": trained["temperature"],
+    }
+
+
+def _save_examples(path: Path, result, labels, config: dict[str, object]) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "x_adv": result.x_adv.contiguous(),
+        "labels": labels.contiguous(),
+        "success": result.success.contiguous(),
+        "l2": result.l2.contiguous(),
+        "linf": result.linf.contiguous(),
+    }
+    try:
+        save_file(tensors, path, metadata={"attack": json.dumps(config, default=str)})
+    except SafetensorError as error:
+        raise OSError(f"cannot write {path}: {error}") from None
 
 
 @app.command()
@@ -240,25 +276,21 @@ def attack(
 
     config: dict[str, object] = {"name": name, "eps": eps, "steps": steps, "step_size": step_size}
     config = {k: v for k, v in config.items() if v is not None}
-    config.update(_parse_params(param or []))
+    if loss is not None:
+        config["loss"] = loss
+    if save is not None and (save.is_dir() or save.suffix != ".safetensors"):
+        _fail(f"--save must name a .safetensors file, got {save}")
     try:
+        config.update(_parse_params(param or []))
         target = resolve_device(device)
         model, meta = load_model(checkpoint, target)
-        if loss is not None:
-            config["loss"] = loss
-            if loss == "smoothed":
-                trained = meta["config"]
-                smoothed = trained["loss"] != "ce"
-                config["smoothing"] = {
-                    "method": trained["loss"] if smoothed else "standard",
-                    "alpha": trained["alpha"] if smoothed else 0.0,
-                    "temperature": trained["temperature"],
-                }
+        if config.get("loss") == "smoothed" and "smoothing" not in config:
+            _use_training_loss(config, meta["config"])
         configured = from_config(config)
-        dataset = datasets.load(meta["config"]["dataset"], split, data_dir)
-        count = min(points, len(dataset))
         if points < 1:
             raise ValueError(f"--n must be >= 1, got {points}")
+        dataset = datasets.load(meta["config"]["dataset"], split, data_dir)
+        count = min(points, len(dataset))
         images, labels = dataset.images[:count], dataset.labels[:count]
         with Progress(transient=True, disable=not progress, console=console) as bar:
             task = bar.add_task(f"{name}", total=count)
@@ -266,22 +298,14 @@ def attack(
                 configured, model, images, labels, batch_size=batch_size, device=target,
                 on_batch=lambda n: bar.advance(task, n),
             )  # fmt: skip
-    except (CheckpointError, datasets.DataError, ValueError) as error:
+        if save is not None:
+            _save_examples(save, result, labels, config)
+    except (CheckpointError, datasets.DataError, ValueError, OSError) as error:
         _fail(str(error))
-    if save is not None:
-        from safetensors.torch import save_file
-
-        save.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            "x_adv": result.x_adv.contiguous(),
-            "labels": labels.contiguous(),
-            "success": result.success.contiguous(),
-            "l2": result.l2.contiguous(),
-            "linf": result.linf.contiguous(),
-        }
-        save_file(tensors, save, metadata={"attack": json.dumps(config, default=str)})
-    report = {"checkpoint": str(checkpoint), "attack": config, **summary.as_dict()}
-    print(json.dumps(report, default=str))
+    # NaN (e.g. no successful perturbation to take a median of) is not JSON: write null.
+    metrics = {k: (v if math.isfinite(v) else None) for k, v in summary.as_dict().items()}
+    report = {"checkpoint": str(checkpoint), "attack": config, **metrics}
+    print(json.dumps(report, default=str, allow_nan=False))
     settings = json.dumps({k: v for k, v in config.items() if k != "name"}, default=str)
     console.print(
         f"[bold]{name}[/] {settings}  clean {summary.clean_accuracy:.4f}  "

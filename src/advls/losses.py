@@ -257,7 +257,7 @@ class _SoftTargetCrossEntropy(torch.autograd.Function):
         transposed = logits.shape[1] < _SHORT_ROWS and logits.device.type == "cpu"
         saved = logits.t().log_softmax(dim=0) if transposed else logits.log_softmax(dim=1)
         ctx.transposed, ctx.scale, ctx.per_example = transposed, scale, per_example
-        ctx.save_for_backward(saved, targets)
+        ctx.save_for_backward(saved, targets, logits)
         # Products are taken in the saved layout: reshaping a transposed view would copy it.
         aligned = targets.t() if transposed else targets
         if per_example:
@@ -268,8 +268,12 @@ class _SoftTargetCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        saved, targets = ctx.saved_tensors
+        saved, targets, logits = ctx.saved_tensors
         weight = grad_output[:, None] if ctx.per_example else grad_output
+        if torch.is_grad_enabled():
+            # create_graph=True (input-gradient penalties, Hessian-vector products): the same
+            # closed form from differentiable ops on the logits, so second derivatives are right.
+            return (logits.softmax(dim=1) - targets) * (weight * ctx.scale), None, None, None
         # d/dz of -sum_k w_k log p_k is w - p * sum(w); with w = scale * g * q and sum(q) = 1
         # this is scale * g * (p - q), the closed form.
         if ctx.transposed:
@@ -303,7 +307,8 @@ def _smoothed_ce_unchecked(
     q = r.mul_(alpha).scatter_add_(1, true_class, r.new_full((r.shape[0], 1), 1.0 - alpha))
     n = logits.shape[0]
     scale = 1.0 / n if (reduction == "mean" and n) else 1.0
-    inputs = (logits.to(dtype), q, scale, reduction == "none")
+    # Contiguous logits: q inherits their layout, and the fused function flattens both.
+    inputs = (logits.to(dtype).contiguous(), q.contiguous(), scale, reduction == "none")
     if torch.is_autocast_enabled(logits.device.type):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             loss = _SoftTargetCrossEntropy.apply(*inputs)

@@ -62,7 +62,11 @@ class MLP(nn.Module):
 
 
 class LeNetMNIST(nn.Module):
-    """The PyTorch-examples MNIST network the authors' code uses for "MNIST LeNet"."""
+    """The "MNIST LeNet" of the paper: conv 10 / conv 20 / dropout / fc 320-50-10.
+
+    This is the classic PyTorch-examples MNIST network with one dropout before the last layer
+    (the example's extra ``Dropout2d`` after ``conv2`` is left out).
+    """
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()

@@ -78,10 +78,10 @@ class TrainConfig(BaseModel):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0.0)
+    lr: float = Field(0.05, gt=0.0, allow_inf_nan=False)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0, allow_inf_nan=False)
     schedule: Literal["none", "cosine", "step", "plateau"] = "cosine"
     step_epochs: int = Field(30, ge=1, description="step schedule: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/plateau decay factor")
@@ -601,13 +601,14 @@ def _resume(
     try:
         model.load_state_dict(checkpoint.model_state)
         _load_optimizer(optimizer, checkpoint.meta["optimizer"], checkpoint.train_state)
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise CheckpointError(f"cannot resume from {run_dir}: {error}") from None
-    if schedule is not None and checkpoint.meta.get("schedule") is not None:
-        schedule.load_state_dict({**schedule.state_dict(), **checkpoint.meta["schedule"]})
-    _set_rng_state(checkpoint.train_state, generator, device)
-    augment_generator.set_state(checkpoint.train_state["rng.augment"])
-    return checkpoint.epoch, list(checkpoint.meta["history"])
+        if schedule is not None and checkpoint.meta.get("schedule") is not None:
+            schedule.load_state_dict({**schedule.state_dict(), **checkpoint.meta["schedule"]})
+        _set_rng_state(checkpoint.train_state, generator, device)
+        augment_generator.set_state(checkpoint.train_state["rng.augment"])
+        history = list(checkpoint.meta["history"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"cannot resume from {run_dir}: {error!r}") from None
+    return checkpoint.epoch, history
 
 
 @contextlib.contextmanager

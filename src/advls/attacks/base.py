@@ -198,6 +198,8 @@ def _margin(logits: Tensor, y: Tensor) -> Tensor:
 
 def _dlr(logits: Tensor, y: Tensor) -> Tensor:
     """Croce & Hein's difference of logits ratio: invariant to shifting and scaling logits."""
+    if logits.shape[1] < 3:
+        raise ValueError(f"the dlr loss needs at least 3 classes, got {logits.shape[1]}")
     ordered = logits.sort(dim=1, descending=True).values
     true = logits.gather(1, y[:, None]).squeeze(1)
     wrong = logits.scatter(1, y[:, None], -math.inf).amax(dim=1)
@@ -228,6 +230,13 @@ def attack_loss(
     if loss == "dlr":
         return lambda logits, y: _dlr(logits, y.long())
     if loss == "smoothed":
+        if alpha == 0.0:
+            # Without the model's smoothing this would silently be plain cross-entropy.
+            raise ValueError(
+                "loss='smoothed' needs the model's smoothing: pass "
+                "smoothing={'method': ..., 'alpha': ..., 'temperature': ...} (alpha > 0), "
+                "or use loss='ce'"
+            )
         return lambda logits, y: smoothed_cross_entropy(
             logits, y.long(), method, alpha, temperature, reduction="none"
         )

@@ -98,7 +98,8 @@ def _summarise(
         points=points,
         clean_accuracy=float(correct.float().mean()) if points else math.nan,
         robust_accuracy=float(robust.float().mean()) if points else math.nan,
-        success_rate=float(fooled.sum()) / max(1, int(correct.sum())),
+        # Undefined when no point was classified correctly to begin with.
+        success_rate=float(fooled.sum()) / int(correct.sum()) if correct.any() else math.nan,
         median_l2=_median(result.l2[fooled]),
         mean_l2=float(result.l2[fooled].mean()) if fooled.any() else math.nan,
         median_linf=_median(result.linf[fooled]),
