@@ -365,3 +365,46 @@ def triangular(
     console.print(
         f"[bold green]triangular experiment written to {out}[/] (triangular.md, figures/)"
     )
+
+
+@app.command()
+def analyze(
+    checkpoint: Annotated[
+        list[Path],
+        typer.Option(help="Run directories to compare (repeatable), e.g. one per alpha."),
+    ],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("results/analysis"),
+    points: Annotated[int, typer.Option("--n", help="Test points per checkpoint.")] = 1000,
+    split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
+    eps: Annotated[
+        float, typer.Option(help="L-inf budget for the gradient-gap criterion and FGSM.")
+    ] = 0.1,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory.")] = None,
+) -> None:
+    """Logit squeezing and the gradient gap (paper §3.2) for trained checkpoints.
+
+    Writes squeezing.json / squeezing.csv (margins, top probabilities, gradient gaps,
+    first-order criterion vs FGSM per method and alpha) and Figures 2 a/b under --out.
+
+    Example:
+
+        advls analyze --checkpoint runs/ce --checkpoint runs/als-0.1 --checkpoint runs/als-0.3
+    """
+    from advls.checkpoint import CheckpointError
+    from advls.data import DataError
+    from advls.theory.squeezing import analyze as run_analysis
+    from advls.train import resolve_device
+
+    try:
+        if points < 1:
+            raise ValueError(f"--n must be >= 1, got {points}")
+        result = run_analysis(
+            checkpoint, out, data_dir=data_dir, points=points, split=split, eps=eps,
+            device=resolve_device(device),
+        )  # fmt: skip
+    except (CheckpointError, DataError, ValueError, OSError) as error:
+        _fail(str(error))
+    console.print(
+        f"[bold green]analysis written to {out}[/] ({', '.join(map(str, result['figures']))})"
+    )
