@@ -1,7 +1,7 @@
 """Adversarial-training baselines: Goodfellow's FGSM training and Madry's PGD training.
 
 Both craft the adversarial example with the model in eval mode (dropout off, batch-norm
-statistics frozen) and treat it as a constant for the parameter update (DESIGN §1). They
+statistics frozen) and treat it as a constant for the parameter update. They
 compose with any training loss, smoothed or not:
 
 * ``fgsm-at``: ``beta * loss(x, y) + (1 - beta) * loss(x + eps sign grad_x CE(x, y), y)``

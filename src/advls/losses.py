@@ -1,7 +1,7 @@
 """Label-smoothing losses of Goibert & Dohmatob, as drop-in PyTorch losses.
 
 Every method smooths the one-hot label ``e_y`` into ``q = (1 - alpha) e_y + alpha r``,
-where ``r`` is a distribution over classes chosen by the method (DESIGN §1):
+where ``r`` is a distribution over classes chosen by the method:
 
 ============== =======================================================================
 ``standard``    ``r`` uniform over the K - 1 wrong classes (SLS)

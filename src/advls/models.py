@@ -1,7 +1,7 @@
 """The paper's classifiers, all taking inputs in [0, 1] and normalising inside the model.
 
 Keeping normalisation inside the model means attacks, epsilons and the [0, 1] box are always
-expressed in pixel units, whatever statistics a dataset uses (DESIGN §2).
+expressed in pixel units, whatever statistics a dataset uses.
 
 =============== ===========================================================================
 ``linear``       one affine layer on the flattened input

@@ -1,7 +1,7 @@
 """Adversarial attacks with one contract: ``attack(model, x, y, **params) -> AttackResult``.
 
 Inputs live in [0, 1]; attacks never mutate them, always return points in [0, 1] (and in the
-eps-ball when bounded), run the model in eval mode and restore its mode (DESIGN §2).
+eps-ball when bounded), run the model in eval mode and restore its mode.
 
 ========== ================================================================================
 ``fgsm``    one signed-gradient step (L-inf)

@@ -1,6 +1,6 @@
 """What every attack shares: the result type, the call contract, losses and projections.
 
-Contract (DESIGN §2): an attack takes a model mapping inputs in [0, 1] to logits, inputs
+Contract: an attack takes a model mapping inputs in [0, 1] to logits, inputs
 ``x`` in [0, 1] and labels ``y``; it never mutates them, returns points inside [0, 1] (and,
 when bounded, inside the eps-ball), puts the model in eval mode for the attack and restores
 its mode afterwards, and reports per-example success and perturbation sizes.

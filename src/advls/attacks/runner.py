@@ -19,7 +19,7 @@ ConfiguredAttack = Callable[[nn.Module, Tensor, Tensor], AttackResult]
 
 @dataclass(frozen=True)
 class AttackSummary:
-    """Accuracies over *all* evaluated points (clean errors count as failures, DESIGN §3)."""
+    """Accuracies over *all* evaluated points (clean errors count as failures)."""
 
     points: int
     clean_accuracy: float

@@ -1,4 +1,4 @@
-"""The triangular experiment of the paper's §3.1 (DESIGN §1), computed exactly.
+"""The triangular experiment of the paper's §3.1, computed exactly.
 
 Data model: ``Y ∈ {0, 1}`` with ``P(Y = 1) = gamma ∈ [1/2, 2/3]``; ``X | Y=1`` has density
 ``1 - |x|`` on ``[-1, 1]``; ``X | Y=0`` has density ``2 (1 + x)`` on ``[-1, 0]``.
@@ -472,7 +472,7 @@ Regenerate with
 (this calls `advls.theory.triangular.run`, which writes this file, `triangular.json` and the
 figures under `figures/`).
 
-**Set-up** (DESIGN §1). `Y ∈ {{0,1}}`, `P(Y=1) = γ`; `X | Y=1` has density `1 − |x|` on
+**Set-up.** `Y ∈ {{0,1}}`, `P(Y=1) = γ`; `X | Y=1` has density `1 − |x|` on
 `[−1, 1]`, `X | Y=0` has density `2(1 + x)` on `[−1, 0]`. The model has logits
 `(b0, x + b1)` and predicts 1 iff `x > t = b0 − b1`; an attack of size ε moves `x` by ε toward
 the boundary. Clean accuracy `γ(1 − F1(t)) + (1 − γ)F0(t)`, adversarial accuracy
@@ -572,7 +572,7 @@ does *not* belong to t = −0.48 (the closed form there is {at_arch["adv"]:.3f})
 the value at the converged threshold ({ex["adv"]:.4f}). The three archived numbers therefore
 cannot all come from one threshold under this attack model: they are noisy small-sample
 estimates (and possibly of a different attack — the authors' FGSM maximises the model's own
-smoothed loss, DESIGN §1). We do not try to reproduce them; the exact values are the reference.
+smoothed loss). We do not try to reproduce them; the exact values are the reference.
 
 **Comparing with cross-entropy, not only with Bayes.** The paper compares ALS only with the Bayes
 classifier. But the unsmoothed model trained with cross-entropy does not reach Bayes either
