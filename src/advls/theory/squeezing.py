@@ -20,19 +20,20 @@ are never modified. Strict inequalities throughout: an exact tie (probability ze
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from advls.attacks.base import eval_mode
 
 __all__ = [
     "UnboxedAttack",
@@ -52,22 +53,6 @@ _BATCH = 500
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and frozen parameters for the measurement; the previous state comes back."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for parameter, _ in flags:
-        parameter.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
 
 
 def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -98,7 +83,7 @@ def _best_other(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def _logits(model: nn.Module, x: Tensor, batch_size: int = _BATCH) -> Tensor:
-    with _eval(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         return torch.cat([model(_as_input(model, c)) for c in x.split(batch_size)])
 
 
@@ -127,7 +112,7 @@ def gradient_gaps(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = _BAT
     """
     _check(x, y)
     gaps = []
-    with _eval(model):
+    with eval_mode(model):
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
             with torch.enable_grad():
                 xb = _as_input(model, xb).requires_grad_(True)
@@ -149,7 +134,7 @@ def input_gradient_gaps(
     """
     _check(x, y)
     margins, gaps = [], []
-    with _eval(model):
+    with eval_mode(model):
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
             with torch.enable_grad():
                 xb = _as_input(model, xb).requires_grad_(True)
