@@ -25,7 +25,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,24 +104,30 @@ def top_probabilities(model: nn.Module, x: Tensor, batch_size: int = _BATCH) -> 
     return _logits(model, x, batch_size).softmax(dim=1).amax(dim=1).cpu()
 
 
+def _graded_batches(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(inputs requiring grad, logits, labels)`` per batch, in eval mode with grad enabled."""
+    _check(x, y)
+    with eval_mode(model), torch.enable_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
+            xb = _as_input(model, xb).requires_grad_(True)
+            logits = model(xb)
+            yield xb, logits, yb.to(logits.device)
+
+
 def gradient_gaps(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = _BATCH) -> Tensor:
     """Per-example ``||grad_x (z_y - z_k*)||_1`` with ``k*`` the best other class at ``x``.
 
     One backward pass per batch: the model must treat examples independently (true in eval
     mode for every advls model).
     """
-    _check(x, y)
     gaps = []
-    with eval_mode(model):
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-            with torch.enable_grad():
-                xb = _as_input(model, xb).requires_grad_(True)
-                logits = model(xb)
-                yb = yb.to(logits.device)
-                k = _best_other(logits, yb)
-                gap = logits.gather(1, yb.view(-1, 1)) - logits.gather(1, k.view(-1, 1))
-                (grad,) = torch.autograd.grad(gap.sum(), xb)
-            gaps.append(grad.flatten(1).abs().sum(dim=1).cpu())
+    for xb, logits, yb in _graded_batches(model, x, y, batch_size):
+        k = _best_other(logits, yb)
+        gap = logits.gather(1, yb.view(-1, 1)) - logits.gather(1, k.view(-1, 1))
+        (grad,) = torch.autograd.grad(gap.sum(), xb)
+        gaps.append(grad.flatten(1).abs().sum(dim=1).cpu())
     return torch.cat(gaps)
 
 
@@ -132,26 +138,19 @@ def input_gradient_gaps(
 
     The entries of the true class are ``(0, 0)``. Costs K backward passes per batch.
     """
-    _check(x, y)
     margins, gaps = [], []
-    with eval_mode(model):
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-            with torch.enable_grad():
-                xb = _as_input(model, xb).requires_grad_(True)
-                logits = model(xb)
-                yb = yb.to(logits.device)
-                num_classes = logits.shape[1]
-                jac = torch.stack(
-                    [
-                        torch.autograd.grad(logits[:, k].sum(), xb, retain_graph=True)[0].flatten(1)
-                        for k in range(num_classes)
-                    ],
-                    dim=1,
-                )  # (n, K, D)
-            rows = torch.arange(len(yb), device=jac.device)
-            gaps.append((jac[rows, yb].unsqueeze(1) - jac).abs().sum(dim=2).cpu())
-            z = logits.detach()
-            margins.append((z.gather(1, yb.view(-1, 1)) - z).cpu())
+    for xb, logits, yb in _graded_batches(model, x, y, batch_size):
+        jac = torch.stack(
+            [
+                torch.autograd.grad(logits[:, k].sum(), xb, retain_graph=True)[0].flatten(1)
+                for k in range(logits.shape[1])
+            ],
+            dim=1,
+        )  # (n, K, D)
+        rows = torch.arange(len(yb), device=jac.device)
+        gaps.append((jac[rows, yb].unsqueeze(1) - jac).abs().sum(dim=2).cpu())
+        z = logits.detach()
+        margins.append((z.gather(1, yb.view(-1, 1)) - z).cpu())
     return torch.cat(margins), torch.cat(gaps)
 
 
