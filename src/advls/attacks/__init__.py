@@ -9,6 +9,9 @@ eps-ball when bounded), run the model in eval mode and restore its mode.
 ``pgd``     BIM with random start and restarts, L-inf or L2 (Madry)
 ``deepfool`` minimal L2 / L-inf perturbation, batched, top-k candidate classes
 ``cw_l2``   Carlini-Wagner L2 with per-example binary search over c
+``apgd``    APGD (Croce & Hein) with CE or DLR loss, L-inf or L2, no step size to tune
+``square``  Square attack: score-based L-inf random search, never calls backward
+``transfer`` adversarials crafted on a surrogate model, evaluated on the target
 ========== ================================================================================
 
 Attacks are also built from plain dicts (YAML): ``from_config({"name": "bim", "eps": 0.1})``.
@@ -23,22 +26,28 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from advls.attacks.apgd import apgd
 from advls.attacks.base import LOSSES, AttackResult
 from advls.attacks.cw import cw_l2
 from advls.attacks.deepfool import deepfool
 from advls.attacks.fgsm import fgsm
 from advls.attacks.iterative import bim, pgd
+from advls.attacks.square import square
+from advls.attacks.transfer import transfer
 
 __all__ = [
     "ATTACKS",
     "LOSSES",
     "AttackResult",
+    "apgd",
     "bim",
     "cw_l2",
     "deepfool",
     "fgsm",
     "from_config",
     "pgd",
+    "square",
+    "transfer",
 ]
 
 Attack = Callable[..., AttackResult]
@@ -50,6 +59,9 @@ ATTACKS: dict[str, Attack] = {
     "pgd": pgd,
     "deepfool": deepfool,
     "cw_l2": cw_l2,
+    "apgd": apgd,
+    "square": square,
+    "transfer": transfer,
 }
 
 
