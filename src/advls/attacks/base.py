@@ -93,7 +93,8 @@ class CountingModel(nn.Module):
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no parameter gradients for the attack; the previous state comes back."""
-    was_training = model.training
+    # Per module: a model in train mode may hold submodules frozen in eval (a fixed BN).
+    modes = [(module, module.training) for module in model.modules()]
     grads = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for parameter, _ in grads:
@@ -103,7 +104,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for parameter, flag in grads:
             parameter.requires_grad_(flag)
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
 
 # --------------------------------------------------------------------------- validation
