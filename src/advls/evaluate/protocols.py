@@ -1,0 +1,254 @@
+"""Evaluation protocols: named, inspectable suites of configured attacks (DESIGN §3).
+
+``paper``     the authors' evaluation: FGSM and BIM ascend the model's *own* training loss,
+              BIM takes 100 steps of eps/100, DeepFool and CW-L2 (5 x 100) as they ran them.
+``standard``  the field's defaults with hard-label losses: FGSM-CE, PGD-40, DeepFool, CW-L2.
+``strong``    the standard L-inf attacks plus PGD with 5 restarts, APGD-CE and APGD-DLR
+              (Croce & Hein), the score-based Square attack (1000 queries) and a transfer
+              attack from a plainly trained twin (when one is given). CW is left out: it
+              measures minimal L2 distances, not L-inf robustness, and costs most.
+
+Every protocol attacks only the points the model classifies correctly (a clean error already
+counts as a failure); budgets are L-inf in [0, 1] pixel units. ``Protocol.with_params``
+derives a cheaper or stronger variant without touching the named ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from torch import nn
+
+__all__ = [
+    "PROTOCOLS",
+    "AttackSpec",
+    "Protocol",
+    "default_eps",
+    "default_l2_budgets",
+    "get_protocol",
+    "paper_eps_to_pixels",
+    "training_smoothing",
+]
+
+#: How an attack finds its examples; the masking checks compare kinds with each other.
+Kind = Literal["single-step", "iterative", "minimal", "black-box", "transfer"]
+KINDS: tuple[str, ...] = ("single-step", "iterative", "minimal", "black-box", "transfer")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a suite: a registry name, fixed parameters, and how to fill the rest.
+
+    ``model_loss`` attacks ascend the model's own training loss (``loss="smoothed"`` with
+    its smoothing; plain cross-entropy for a CE-trained model). ``seeded`` attacks draw
+    random numbers and receive the evaluation's seed. ``minimal`` attacks run once, without
+    a budget; all others run once per eps.
+    """
+
+    label: str
+    attack: str
+    kind: Kind
+    params: Mapping[str, Any] = field(default_factory=dict)
+    model_loss: bool = False
+    seeded: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    @property
+    def bounded(self) -> bool:
+        return self.kind != "minimal"
+
+    @property
+    def white_box(self) -> bool:
+        return self.kind in ("single-step", "iterative")
+
+    def config(
+        self,
+        eps: float | None,
+        *,
+        smoothing: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        surrogate: nn.Module | None = None,
+    ) -> dict[str, Any]:
+        """The ``advls.attacks.from_config`` dict of this attack at ``eps``."""
+        config: dict[str, Any] = {"name": self.attack, **self.params}
+        if self.bounded:
+            config["eps"] = eps
+        if self.model_loss:
+            if smoothing:
+                config["loss"] = "smoothed"
+                config["smoothing"] = dict(smoothing)
+            else:
+                config["loss"] = "ce"
+        if self.seeded:
+            config["seed"] = seed
+        if self.kind == "transfer":
+            config["surrogate"] = surrogate
+        return config
+
+    def describe(self) -> dict[str, Any]:
+        params = dict(self.params)
+        if self.model_loss:
+            params["loss"] = "the model's own training loss"
+        return {"label": self.label, "attack": self.attack, "kind": self.kind, "params": params}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named suite of attacks."""
+
+    name: str
+    summary: str
+    attacks: tuple[AttackSpec, ...]
+
+    def __post_init__(self) -> None:
+        labels = [spec.label for spec in self.attacks]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"attack labels in a protocol must be unique, got {labels}")
+
+    def with_params(self, **changes: Mapping[str, Any]) -> Protocol:
+        """A copy whose attacks ``label=...`` take updated parameters.
+
+        ``strong.with_params(**{"apgd-ce": {"steps": 20}, "square": {"queries": 200}})``.
+        """
+        labels = {spec.label for spec in self.attacks}
+        unknown = sorted(set(changes) - labels)
+        if unknown:
+            raise ValueError(
+                f"protocol {self.name!r} has no attack(s) {', '.join(unknown)}; "
+                f"it has {', '.join(sorted(labels))}"
+            )
+        attacks = tuple(
+            dataclasses.replace(spec, params={**spec.params, **changes[spec.label]})
+            if spec.label in changes
+            else spec
+            for spec in self.attacks
+        )
+        return dataclasses.replace(self, attacks=attacks)
+
+    def without(self, *labels: str) -> Protocol:
+        """A copy without the attacks ``labels``."""
+        return dataclasses.replace(
+            self, attacks=tuple(spec for spec in self.attacks if spec.label not in labels)
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "attacks": [spec.describe() for spec in self.attacks],
+        }
+
+
+_FGSM_CE = AttackSpec("fgsm", "fgsm", "single-step", {"loss": "ce"})
+_PGD_CE = AttackSpec("pgd-40", "pgd", "iterative", {"steps": 40, "loss": "ce"}, seeded=True)
+_DEEPFOOL = AttackSpec("deepfool", "deepfool", "minimal", {"norm": "l2", "steps": 100})
+
+PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
+    {
+        "paper": Protocol(
+            "paper",
+            "The authors' evaluation: FGSM and BIM-100 (step eps/100) on the model's own "
+            "training loss, DeepFool-100 and CW-L2 5x100.",
+            (
+                AttackSpec("fgsm", "fgsm", "single-step", model_loss=True),
+                AttackSpec("bim-100", "bim", "iterative", {"steps": 100}, model_loss=True),
+                _DEEPFOOL,
+                AttackSpec("cw-l2", "cw_l2", "minimal", {"binary_steps": 5, "steps": 100}),
+            ),
+        ),
+        "standard": Protocol(
+            "standard",
+            "Hard-label losses and the usual defaults: FGSM-CE, PGD-40 (one random start), "
+            "DeepFool-100 and CW-L2 9x100.",
+            (
+                _FGSM_CE,
+                _PGD_CE,
+                _DEEPFOOL,
+                AttackSpec("cw-l2", "cw_l2", "minimal", {"binary_steps": 9, "steps": 100}),
+            ),
+        ),
+        "strong": Protocol(
+            "strong",
+            "FGSM-CE, PGD-40 with 5 restarts, APGD-CE and APGD-DLR (100 steps), Square "
+            "(1000 queries), transfer of PGD-40 from a plainly trained twin, DeepFool-100.",
+            (
+                _FGSM_CE,
+                AttackSpec(
+                    "pgd-40x5",
+                    "pgd",
+                    "iterative",
+                    {"steps": 40, "restarts": 5, "loss": "ce"},
+                    seeded=True,
+                ),
+                AttackSpec(
+                    "apgd-ce", "apgd", "iterative", {"steps": 100, "loss": "ce"}, seeded=True
+                ),
+                AttackSpec(
+                    "apgd-dlr", "apgd", "iterative", {"steps": 100, "loss": "dlr"}, seeded=True
+                ),
+                AttackSpec("square", "square", "black-box", {"queries": 1000}, seeded=True),
+                AttackSpec(
+                    "transfer",
+                    "transfer",
+                    "transfer",
+                    {"attack": {"name": "pgd", "steps": 40, "loss": "ce", "seed": 0}},
+                ),
+                _DEEPFOOL,
+            ),
+        ),
+    }
+)
+
+
+def get_protocol(name: str | Protocol) -> Protocol:
+    """A protocol by name (a ``Protocol`` is returned as is)."""
+    if isinstance(name, Protocol):
+        return name
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
+    return PROTOCOLS[name]
+
+
+def _is_mnist_like(input_shape: Sequence[int]) -> bool:
+    return next(iter(input_shape)) == 1
+
+
+def default_eps(input_shape: Sequence[int]) -> tuple[float, ...]:
+    """The usual L-inf budgets: 0.1/0.2/0.3 for grey-scale digits, 2, 4, 8 / 255 for colour."""
+    return (0.1, 0.2, 0.3) if _is_mnist_like(input_shape) else (2 / 255, 4 / 255, 8 / 255)
+
+
+def default_l2_budgets(input_shape: Sequence[int]) -> tuple[float, ...]:
+    """L2 budgets at which minimal attacks' distances are read as robust accuracy."""
+    return (1.0, 1.5, 2.0) if _is_mnist_like(input_shape) else (0.25, 0.5, 1.0)
+
+
+def paper_eps_to_pixels(eps: float, dataset: str) -> float:
+    """A budget of the paper into [0, 1] pixel units.
+
+    The authors normalised CIFAR-10 and SVHN to [-1, 1], so their eps there is twice the
+    same perturbation measured on [0, 1] pixels; MNIST stayed in [0, 1].
+    """
+    return eps / 2 if dataset in ("cifar10", "svhn") else eps
+
+
+def training_smoothing(train_config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The smoothing of a checkpoint's training loss, or None for plain cross-entropy.
+
+    What ``loss="smoothed"`` attacks need to ascend the model's own loss (``model_loss``).
+    """
+    if train_config["loss"] == "ce" or train_config["alpha"] == 0:
+        return None
+    return {
+        "method": train_config["loss"],
+        "alpha": train_config["alpha"],
+        "temperature": train_config["temperature"],
+    }
