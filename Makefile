@@ -26,10 +26,10 @@ demo: $(STAMP)
 		--epochs 2 --out runs/demo-lenet-mnist-als
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -m "not slower"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slower"
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,7 +34,10 @@ class Thresholds:
     unbounded_success: float = 0.99  # an unbounded attack must fool at least this share
     above_chance: float = 0.02  # accuracy at the large eps may exceed 1/K by this much
     zero_gradients: float = 0.05  # share of points whose input gradient is exactly zero
-    protocol_gap: float = 0.10  # weaker protocol's worst case minus strong's worst case
+    # A weaker protocol's worst case minus the strong one's. BIM with eps/steps steps from the
+    # clean point trails the strong suite by up to ~0.2 on a plainly trained LeNet-MNIST (the
+    # weaker attack alone), so only a larger gap says the gradients themselves mislead.
+    protocol_gap: float = 0.30
 
 
 @dataclass(frozen=True)
