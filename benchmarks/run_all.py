@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "train_step": ("bench_train_step.py", ["--rounds", "5", "--inner", "5", "--warmup", "1"]),
     "epoch": ("bench_epoch.py", ["--rounds", "2", "--warmup", "1", "--train-subset", "1280"]),
     "attacks": ("bench_attacks.py", ["--rounds", "1", "--warmup", "0", "--points", "200"]),
+    "apgd": ("bench_apgd.py", ["--rounds", "1", "--warmup", "0", "--points", "200"]),
 }
 
 

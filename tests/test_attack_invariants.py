@@ -33,6 +33,9 @@ CASES = {
     "pgd-l2": (pgd, {"norm": "l2", "steps": 5, "restarts": 2, "seed": 0}, "l2"),
     "deepfool": (ATTACKS["deepfool"], {"steps": 20}, None),
     "cw_l2": (ATTACKS["cw_l2"], {"binary_steps": 2, "steps": 20}, None),
+    "apgd-linf": (ATTACKS["apgd"], {"steps": 5, "restarts": 2, "seed": 0}, "linf"),
+    "apgd-l2": (ATTACKS["apgd"], {"norm": "l2", "steps": 5, "restarts": 2, "seed": 0}, "l2"),
+    "apgd-dlr": (ATTACKS["apgd"], {"loss": "dlr", "steps": 5, "seed": 0}, "linf"),
 }
 
 
