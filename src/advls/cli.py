@@ -228,7 +228,12 @@ def _save_examples(path: Path, result, labels, config: dict[str, object]) -> Non
 def attack(
     checkpoint: Annotated[Path, typer.Option(help="Run directory of a trained model.")],
     name: Annotated[
-        str, typer.Option("--attack", help="fgsm, bim, pgd, deepfool or cw_l2.")
+        str,
+        typer.Option(
+            "--attack",
+            help="fgsm, bim, pgd, apgd, square, deepfool or cw_l2 "
+            "(transfer attacks: advls evaluate --surrogate).",
+        ),
     ] = "fgsm",
     eps: Annotated[
         float | None, typer.Option(help="Budget in [0, 1] pixel units (bounded attacks).")
