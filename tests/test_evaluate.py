@@ -99,10 +99,11 @@ def test_training_smoothing_and_paper_eps() -> None:
     [
         ([], "non-empty"),
         ("0.1", "non-empty"),
-        ([0.1, -0.2], "every eps must be a finite number >= 0"),
-        ([1.5], "at most 1"),
-        ([0.0], "every eps must be > 0"),
-        ([math.nan], "finite"),
+        ([0.1, -0.2], "every eps must be an L-inf budget in \\(0, 1\\]"),
+        ([1.5], "got 1.5"),
+        ([0.0], "eps 0 is the clean accuracy"),
+        ([math.nan], "got nan"),
+        ([True], "got True"),
     ],
 )
 def test_eps_list_errors(eps: list[float], message: str) -> None:

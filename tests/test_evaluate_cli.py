@@ -69,9 +69,9 @@ def test_show_protocols() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--eps", "-0.1"], "every eps must be a finite number >= 0"),
+        (["--eps", "-0.1"], "every eps must be an L-inf budget in (0, 1]"),
         (["--eps", "0.1,abc"], "--eps takes numbers"),
-        (["--eps", "2"], "at most 1"),
+        (["--eps", "2"], "in (0, 1] pixel units, got 2.0"),
         (["--protocol", "strongest"], "protocol must be one of"),
         (["--n", "0"], "--n must be >= 1"),
     ],

@@ -215,10 +215,14 @@ def check_eps_list(eps: Sequence[float]) -> tuple[float, ...]:
     """A non-empty list of L-inf budgets in (0, 1], sorted, without duplicates."""
     if isinstance(eps, str) or not isinstance(eps, Sequence) or len(eps) == 0:
         raise ValueError("eps must be a non-empty list of budgets in (0, 1]")
-    checked = [check_eps(value, "linf", "every eps") for value in eps]
-    if any(value == 0 for value in checked):
-        raise ValueError("every eps must be > 0 (eps 0 is the clean accuracy, reported anyway)")
-    return tuple(sorted(set(checked)))
+    for value in eps:
+        bad = isinstance(value, bool) or not isinstance(value, int | float)
+        if bad or not 0.0 < value <= 1.0:  # NaN fails the comparison too
+            raise ValueError(
+                f"every eps must be an L-inf budget in (0, 1] pixel units, got {value!r} "
+                "(eps 0 is the clean accuracy, reported anyway)"
+            )
+    return tuple(sorted({float(value) for value in eps}))
 
 
 def _check_l2_budgets(budgets: Sequence[float]) -> tuple[float, ...]:
