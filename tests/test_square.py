@@ -13,14 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from advls.attacks import fgsm, from_config, square
 from advls.attacks.square import _fraction
-from test_attack_invariants import CLASSES, SHAPE, Linear, make_batch, make_model, state
+from test_attack_invariants import (
+    CLASSES,
+    SHAPE,
+    Linear,
+    make_batch,
+    make_model,
+    state,
+    trained_toy_model,
+)
 
 FAST = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -400,18 +407,7 @@ def test_it_fools_a_linear_model_an_eps_step_fools() -> None:
 def test_it_beats_noise_on_a_trained_toy_model() -> None:
     """On a trained MLP, Square at 200 queries fools far more than random +-eps noise does."""
     generator = torch.Generator().manual_seed(0)
-    n = 128
-    y = torch.randint(0, CLASSES, (n,), generator=generator)
-    centres = torch.rand(CLASSES, *SHAPE, generator=generator)
-    x = (centres[y] + 0.15 * torch.randn(n, *SHAPE, generator=generator)).clamp(0.0, 1.0)
-    model = make_model("mlp", 0)
-    model.drop.p = 0.0
-    optimiser = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(100):
-        optimiser.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimiser.step()
-    model.eval().zero_grad(set_to_none=True)
+    model, x, y = trained_toy_model(128, generator)
     eps = 0.1
     with torch.no_grad():
         clean = float((model(x).argmax(dim=1) == y).float().mean())
