@@ -58,7 +58,9 @@ def test_attack_config_fills_budget_loss_seed_and_surrogate() -> None:
     seeded = PROTOCOLS["strong"].attacks[1]
     assert seeded.config(0.1, seed=7)["seed"] == 7
     twin = nn.Linear(2, 2)
-    assert PROTOCOLS["strong"].attacks[5].config(0.1, surrogate=twin)["surrogate"] is twin
+    transfer = PROTOCOLS["strong"].attacks[5].config(0.1, surrogate=twin, seed=4)
+    assert transfer["surrogate"] is twin and "seed" not in transfer
+    assert transfer["attack"] == {"name": "pgd", "steps": 40, "loss": "ce", "seed": 4}
     assert "eps" not in PROTOCOLS["paper"].attacks[2].config(None)  # minimal attacks
 
 

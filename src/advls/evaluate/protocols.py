@@ -88,10 +88,12 @@ class AttackSpec:
                 config["smoothing"] = dict(smoothing)
             else:
                 config["loss"] = "ce"
-        if self.seeded:
-            config["seed"] = seed
         if self.kind == "transfer":
             config["surrogate"] = surrogate
+            if self.seeded:  # the seed goes to the attack that crafts on the surrogate
+                config["attack"] = {**config["attack"], "seed": seed}
+        elif self.seeded:
+            config["seed"] = seed
         return config
 
     def describe(self) -> dict[str, Any]:
@@ -207,7 +209,8 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
                     "transfer",
                     "transfer",
                     "transfer",
-                    {"attack": {"name": "pgd", "steps": 40, "loss": "ce", "seed": 0}},
+                    {"attack": {"name": "pgd", "steps": 40, "loss": "ce"}},
+                    seeded=True,
                 ),
                 _DEEPFOOL,
             ),
