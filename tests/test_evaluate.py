@@ -416,3 +416,17 @@ def test_eval_mode_restores_mixed_submodule_modes() -> None:
     with eval_mode(model):
         assert not any(m.training for m in model.modules())
     assert model.training and not model[1].training and model[2].training
+
+
+def test_tables_show_the_evidence_of_raised_flags() -> None:
+    outcomes = [
+        _outcome("paper", "bim", "iterative", 0.1, _fooled(20)),
+        _outcome("strong", "apgd", "iterative", 0.1, _fooled(60)),
+    ]
+    evaluation = _evaluation(outcomes, names=("paper", "strong"), eps=(0.1,))
+    evaluation.flags = raise_flags(evaluation, Thresholds())
+    table = format_markdown(evaluation)
+    row = next(line for line in table.splitlines() if line.startswith("| protocol_gap"))
+    assert "**RAISED**" in row and "accuracy 0.8, strong_accuracy 0.4" in row
+    quiet = next(line for line in table.splitlines() if line.startswith("| zero_gradients"))
+    assert "not checked" in quiet

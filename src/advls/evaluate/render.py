@@ -13,6 +13,27 @@ def _cell(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def _evidence(evidence: list[dict], most: int = 3) -> str:
+    """The first few evidence records as ``key=value`` lists, numbers to three places."""
+
+    def show(value: object) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if value < 0.001 else f"{value:.3f}".rstrip("0").rstrip(".")
+        if isinstance(value, list):
+            return "→".join(show(item) for item in value)
+        return str(value)
+
+    shown = [
+        ", ".join(f"{key} {show(value)}" for key, value in record.items() if key != "attack")
+        if not isinstance(record.get("attack"), str)
+        else f"{record['attack']}: "
+        + ", ".join(f"{key} {show(value)}" for key, value in record.items() if key != "attack")
+        for record in evidence[:most]
+    ]
+    more = f" (+{len(evidence) - most} more)" if len(evidence) > most else ""
+    return "; ".join(shown) + more
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -75,7 +96,7 @@ def format_markdown(evaluation: Evaluation, title: str | None = None) -> str:
             [
                 f.name,
                 "**RAISED**" if f.raised else ("clear" if f.checked else "not checked"),
-                f.message,
+                f.message + (": " + _evidence(f.evidence) if f.raised else ""),
             ]
             for f in evaluation.flags
         ]
