@@ -98,6 +98,11 @@ def _bounded(evaluation: Evaluation) -> list[AttackOutcome]:
     return [o for o in evaluation.outcomes if o.spec.bounded]
 
 
+def _from_evidence(name: str, evidence: list[dict[str, Any]], raised: str, clear: str) -> Flag:
+    """A checked flag that is raised exactly when there is evidence."""
+    return Flag(name, bool(evidence), True, raised if evidence else clear, evidence)
+
+
 def single_step_stronger(evaluation: Evaluation, thresholds: Thresholds) -> Flag:
     """A one-step attack beating an iterative one at the same budget: the iterative attack
     follows gradients that do not lead where a single large step does."""
@@ -125,12 +130,12 @@ def single_step_stronger(evaluation: Evaluation, thresholds: Thresholds) -> Flag
                 )
     if not pairs:
         return Flag("single_step_stronger", False, False, "no single-step/iterative pair ran")
-    message = (
-        f"a single-step attack beat an iterative one in {len(evidence)} case(s)"
-        if evidence
-        else "iterative attacks were at least as strong as single-step ones"
+    return _from_evidence(
+        "single_step_stronger",
+        evidence,
+        f"a single-step attack beat an iterative one in {len(evidence)} case(s)",
+        "iterative attacks were at least as strong as single-step ones",
     )
-    return Flag("single_step_stronger", bool(evidence), True, message, evidence)
 
 
 def not_monotone(evaluation: Evaluation, thresholds: Thresholds) -> Flag:
@@ -166,12 +171,12 @@ def not_monotone(evaluation: Evaluation, thresholds: Thresholds) -> Flag:
             lowest = min(lowest, (eps, accuracy), key=lambda item: item[1])
     if not checked:
         return Flag("not_monotone", False, False, "needs at least two eps")
-    message = (
-        f"accuracy rose with eps for {len(evidence)} attack(s)"
-        if evidence
-        else "accuracy never rose with eps"
+    return _from_evidence(
+        "not_monotone",
+        evidence,
+        f"accuracy rose with eps for {len(evidence)} attack(s)",
+        "accuracy never rose with eps",
     )
-    return Flag("not_monotone", bool(evidence), True, message, evidence)
 
 
 def unbounded_incomplete(evaluation: Evaluation, thresholds: Thresholds) -> Flag:
@@ -223,13 +228,13 @@ def black_box_stronger(evaluation: Evaluation, thresholds: Thresholds) -> Flag:
             )
     if not checked:
         return Flag("black_box_stronger", False, False, "no black-box or transfer attack ran")
-    message = (
+    return _from_evidence(
+        "black_box_stronger",
+        evidence,
         f"black-box/transfer attacks broke points no white-box attack broke in "
-        f"{len(evidence)} case(s)"
-        if evidence
-        else "white-box attacks found every point the black-box ones found"
+        f"{len(evidence)} case(s)",
+        "white-box attacks found every point the black-box ones found",
     )
-    return Flag("black_box_stronger", bool(evidence), True, message, evidence)
 
 
 def large_eps_above_chance(evaluation: Evaluation, thresholds: Thresholds) -> Flag:
@@ -283,13 +288,14 @@ def protocol_gap(evaluation: Evaluation, thresholds: Thresholds) -> Flag:
                         "strong_accuracy": strong,
                     }
                 )
-    message = (
-        f"the strong protocol lowered robust accuracy by more than "
-        f"{thresholds.protocol_gap:.2f} in {len(evidence)} case(s)"
-        if evidence
-        else f"every protocol is within {thresholds.protocol_gap:.2f} of the strong worst case"
+    gap = thresholds.protocol_gap
+    return _from_evidence(
+        "protocol_gap",
+        evidence,
+        f"the strong protocol lowered robust accuracy by more than {gap:.2f} in "
+        f"{len(evidence)} case(s)",
+        f"every protocol is within {gap:.2f} of the strong worst case",
     )
-    return Flag("protocol_gap", bool(evidence), True, message, evidence)
 
 
 Check = Callable[["Evaluation", Thresholds], Flag]
