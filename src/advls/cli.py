@@ -574,3 +574,8 @@ def analyze(
     console.print(
         f"[bold green]analysis written to {out}[/] ({', '.join(map(str, result['figures']))})"
     )
+
+
+from advls.sweep_cli import app as sweep_app  # noqa: E402  (after the other commands, for --help order)
+
+app.add_typer(sweep_app, name="sweep")

@@ -1,0 +1,217 @@
+"""One run of a sweep, as a worker executes it: train (or resume), evaluate, return metrics.
+
+A worker never opens the store: :func:`execute_run` takes a plain :class:`Task` and returns
+a plain :class:`Outcome` (both picklable, for process pools and Ray), and the driver writes
+it. Checkpoints go to ``<artifact_dir>/train/<train_key>/``; runs that differ only in their
+evaluation share that checkpoint, and a file lock keeps two workers from training the same
+directory at once (e.g. a restarted driver while an orphaned task still runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from advls import data as datasets
+from advls.evaluate.protocols import training_smoothing
+from advls.evaluate.run import Evaluation, evaluate
+from advls.store import Result
+from advls.train import TrainConfig, TrainResult, train
+
+__all__ = ["Outcome", "Task", "evaluation_results", "execute_run", "twin_config"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a worker needs: the run's resolved config and where to put its files."""
+
+    key: str
+    train_key: str
+    config: dict[str, Any]
+    artifact_dir: str
+    data_dir: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What a worker returns; ``error`` is set (and ``results`` empty) when the run failed."""
+
+    key: str
+    results: list[Result] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes or the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def twin_config(config: TrainConfig) -> TrainConfig:
+    """The plainly trained twin of a run (same data and model, next seed) for transfer."""
+    twin = config.model_dump()
+    twin.update(loss="ce", alpha=0.0, defence="none", seed=config.seed + 1)
+    return TrainConfig.model_validate(twin)
+
+
+def _train(config: TrainConfig, run_dir: Path, task: Task) -> TrainResult:
+    with _exclusive(run_dir):
+        return train(config, run_dir, data_dir=task.data_dir, device=task.device, progress=False)
+
+
+def evaluation_results(evaluation: Evaluation) -> list[Result]:
+    """An evaluation as store rows: per attack and budget, worst cases, L2 reads, the audit."""
+    rows = [Result("clean", "clean", None, "accuracy", evaluation.clean_accuracy)]
+    for outcome in evaluation.outcomes:
+        label, protocol = outcome.spec.label, outcome.protocol
+        rows.append(
+            Result(protocol, label, outcome.eps, "robust_accuracy", outcome.robust_accuracy)
+        )
+        rows.append(Result(protocol, label, outcome.eps, "success_rate", outcome.success_rate))
+        if not outcome.spec.bounded:
+            rows.append(Result(protocol, label, None, "median_l2", outcome.median_l2))
+            rows.append(Result(protocol, label, None, "mean_l2", outcome.mean_l2))
+            rows.extend(
+                Result(protocol, label, budget, "accuracy_at_l2", outcome.accuracy_at_l2(budget))
+                for budget in evaluation.l2_budgets
+            )
+    for protocol in evaluation.protocol_names:
+        rows.extend(
+            Result(
+                protocol, "worst_case", eps, "robust_accuracy", evaluation.worst_case(protocol, eps)
+            )
+            for eps in evaluation.eps
+        )
+    checks = evaluation.checks
+    if checks is not None:
+        rows.append(
+            Result("audit", "zero_gradients", None, "fraction", checks.zero_gradient_fraction)
+        )
+        rows.append(
+            Result(
+                "audit",
+                "pgd_large_eps",
+                checks.large_eps,
+                "robust_accuracy",
+                checks.large_eps_accuracy,
+            )
+        )
+        rows.append(
+            Result(
+                "audit", "deepfool_unbounded", None, "success_rate", checks.unbounded_success_rate
+            )
+        )
+    rows.extend(
+        Result("audit", f"flag:{flag.name}", None, "raised", float(flag.raised))
+        for flag in evaluation.flags
+        if flag.checked
+    )
+    return rows
+
+
+def _write_json(path: Path, payload: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(payload)
+    os.replace(temporary, path)
+
+
+def _run(task: Task) -> Outcome:
+    from advls.sweep.spec import EvaluateSpec  # local: spec imports the evaluation stack too
+
+    artifact_dir = Path(task.artifact_dir)
+    config = TrainConfig.model_validate(task.config["train"])
+    plan = task.config["evaluate"]
+    evaluation_spec = EvaluateSpec.model_validate(
+        {
+            **{k: v for k, v in plan.items() if k != "protocols"},
+            "protocols": [
+                {k: v for k, v in entry.items() if k != "resolved"} for entry in plan["protocols"]
+            ],
+        }
+    )
+    outcome = Outcome(task.key)
+
+    started = time.perf_counter()
+    run_dir = artifact_dir / "train" / task.train_key
+    trained = _train(config, run_dir, task)
+    outcome.timings["train_seconds"] = time.perf_counter() - started
+    outcome.timings["resumed_from_epoch"] = trained.resumed_from
+    outcome.artifacts["checkpoint"] = str(run_dir)
+    last = trained.history[-1]
+    outcome.results += [
+        Result("train", "clean", None, "test_accuracy", last["test_accuracy"]),
+        Result("train", "clean", None, "train_accuracy", last["train_accuracy"]),
+        Result("train", "clean", None, "train_loss", last["train_loss"]),
+    ]
+
+    surrogate = None
+    if evaluation_spec.surrogate == "twin":
+        twin = twin_config(config)
+        twin_key = "twin-" + task.train_key
+        surrogate = _train(twin, artifact_dir / "train" / twin_key, task).model
+        outcome.artifacts["surrogate"] = str(artifact_dir / "train" / twin_key)
+
+    started = time.perf_counter()
+    test = datasets.load(config.dataset, "test", task.data_dir, progress=False)
+    n = evaluation_spec.n
+    evaluation = evaluate(
+        trained.model,
+        test.images[:n],
+        test.labels[:n],
+        protocols=[entry.build() for entry in evaluation_spec.protocols],
+        eps=plan["eps"],
+        l2_budgets=evaluation_spec.l2_budgets,
+        smoothing=training_smoothing(config.model_dump()),
+        surrogate=surrogate,
+        batch_size=evaluation_spec.batch_size,
+        device=next(trained.model.parameters()).device,
+        seed=evaluation_spec.seed,
+        checks=evaluation_spec.checks,
+    )
+    outcome.timings["eval_seconds"] = time.perf_counter() - started
+    outcome.results += evaluation_results(evaluation)
+    report = artifact_dir / "runs" / task.key / "evaluation.json"
+    _write_json(report, evaluation.to_json(run=task.key, config=task.config))
+    outcome.artifacts["evaluation"] = str(report)
+    return outcome
+
+
+def execute_run(task: Task) -> Outcome:
+    """Train and evaluate one run; any failure comes back as ``Outcome.error``, not raised."""
+    if task.threads is not None:
+        torch.set_num_threads(task.threads)
+    started = time.perf_counter()
+    try:
+        outcome = _run(task)
+    except Exception as error:  # a failed run is data for the store, not a crash of the sweep
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        message = f"{type(error).__name__}: {error}"
+        outcome = Outcome(
+            task.key, error=f"{message} (at {Path(where.filename).name}:{where.lineno})"
+        )
+    outcome.timings["seconds"] = time.perf_counter() - started
+    outcome.timings["threads"] = torch.get_num_threads()
+    return outcome
