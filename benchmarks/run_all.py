@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "epoch": ("bench_epoch.py", ["--rounds", "2", "--warmup", "1", "--train-subset", "1280"]),
     "attacks": ("bench_attacks.py", ["--rounds", "1", "--warmup", "0", "--points", "200"]),
     "apgd": ("bench_apgd.py", ["--rounds", "1", "--warmup", "0", "--points", "200"]),
+    "sweep": ("bench_sweep.py", ["--rounds", "1", "--epochs", "4"]),
 }
 
 

@@ -41,7 +41,7 @@ def test_schema_wal_and_version(store):
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"runs", "results", "artifacts", "sweep_runs"} <= tables
+    assert {"runs", "results", "artifacts", "sweep_runs", "sweeps"} <= tables
 
 
 def test_other_schema_version_and_foreign_files_are_refused(tmp_path):
@@ -74,6 +74,11 @@ def test_add_runs_is_idempotent_and_keeps_status(store):
     assert store.counts() == {"pending": 3, "running": 0, "done": 1, "failed": 0}
     assert store.sweep_keys("b") == ["k000", "k001"]
     assert store.sweeps() == ["a", "b"]
+    store.record_sweep("c", {"paper": {"alpha": [0.1]}})
+    store.record_sweep("c", {"paper": {"alpha": [0.5]}})  # the latest registration wins
+    assert store.sweep_spec("c") == {"paper": {"alpha": [0.5]}}
+    assert store.sweep_spec("nope") is None
+    assert store.sweeps() == ["a", "b", "c"]
 
 
 def test_complete_is_atomic_replaces_and_stores_nan_as_null(store):
@@ -221,3 +226,11 @@ def test_two_processes_claim_disjoint_runs(tmp_path):
     with Store(path) as store:
         assert store.counts()["done"] == 60
         assert len(store.results()) == 180
+
+
+def test_scopes_larger_than_sqlite_parameter_limits(store):
+    many = runs(40_000)  # more keys than SQLite allows bound parameters in one statement
+    store.add_runs("big", many)
+    keys = [run["key"] for run in many]
+    assert store.counts(keys)["pending"] == 40_000
+    assert [c.key for c in store.claim(3, keys[::-1])] == ["k000", "k001", "k002"]

@@ -115,6 +115,8 @@ def test_reference_sweep_is_complete_and_sane(reference: Path):
         assert len(clean) == 8 and min(clean) > 0.3 and float(np.median(clean)) > 0.8
         runs = store.runs()
         checkpoints = [Path(store.artifacts(run["key"])["checkpoint"]) for run in runs]
+        spec = store.sweep_spec("resume-check")
+    assert spec["grid"] == [SPEC["grid"]] and spec["train"] == SPEC["train"]
     assert all(run["attempts"] == 1 for run in runs)
     assert all((path / "checkpoint.json").exists() for path in checkpoints)
     assert len(set(checkpoints)) == 8
@@ -158,6 +160,35 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(workdir, real_da
     assert any(run["timings"].get("resumed_from_epoch", 0) >= 1 for run in interrupted), (
         "training restarted from scratch instead of its last checkpoint"
     )
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        found |= {int(child) for child in text.split()}
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("delay", [0.0, 3.0], ids=["while-starting", "while-training"])
+def test_worker_processes_die_with_a_killed_driver(workdir, real_data, delay):
+    spec = write_spec(workdir)
+    store = workdir / f"orphans-{delay}.db"
+    driver = start("sweep", "run", str(spec), "--store", str(store), "--jobs", "2", data=real_data)
+    deadline = time.monotonic() + 60
+    while len(_children(driver.pid)) < 2:  # the spawn pool's workers (and its tracker)
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.05)
+    time.sleep(delay)  # 0: the workers are still importing; 3 s: they are training
+    workers = _children(driver.pid)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"orphaned workers keep running: {alive}"
 
 
 def test_two_drivers_on_one_store_run_every_run_once(workdir, real_data, reference):

@@ -56,6 +56,11 @@ CREATE TABLE runs (
     error TEXT
 );
 CREATE INDEX runs_status ON runs (status);
+CREATE TABLE sweeps (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 CREATE TABLE sweep_runs (
     sweep TEXT NOT NULL,
     run_key TEXT NOT NULL REFERENCES runs (key),
@@ -239,10 +244,25 @@ class Store:
             )
         return added
 
-    def _scope(self, keys: Sequence[str] | None) -> tuple[str, list[str]]:
+    def record_sweep(self, name: str, spec: Mapping[str, Any]) -> None:
+        """Keep a sweep's spec (the latest registration wins), so reports need only the store."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO sweeps (name, spec, updated) VALUES (?, ?, ?)",
+                (name, json.dumps(spec, sort_keys=True), time.time()),
+            )
+
+    def sweep_spec(self, name: str) -> dict[str, Any] | None:
+        """The spec a sweep was last registered with, or None."""
+        row = self._db.execute("SELECT spec FROM sweeps WHERE name=?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    @staticmethod
+    def _scope(keys: Sequence[str] | None, column: str = "key") -> tuple[str, list[str]]:
+        """A filter on run keys; one JSON parameter, so a grid of any size fits."""
         if keys is None:
             return "", []
-        return f" AND key IN ({','.join('?' * len(keys))})", list(keys)
+        return f" AND {column} IN (SELECT value FROM json_each(?))", [json.dumps(list(keys))]
 
     def reclaim_stale(self, keys: Sequence[str] | None = None) -> list[str]:
         """Put runs whose owner is dead back to pending; returns their keys."""
@@ -384,7 +404,9 @@ class Store:
         return [row[0] for row in rows]
 
     def sweeps(self) -> list[str]:
-        rows = self._db.execute("SELECT DISTINCT sweep FROM sweep_runs ORDER BY sweep")
+        rows = self._db.execute(
+            "SELECT name FROM sweeps UNION SELECT DISTINCT sweep FROM sweep_runs ORDER BY 1"
+        )
         return [row[0] for row in rows.fetchall()]
 
     def counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
@@ -413,8 +435,7 @@ class Store:
 
     def results(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every result row, ordered by run then insertion."""
-        where, params = self._scope(keys)
-        where = where.replace("key IN", "run_key IN")
+        where, params = self._scope(keys, "run_key")
         rows = self._db.execute(
             f"SELECT run_key, protocol, attack, eps, metric, value FROM results WHERE 1=1{where} "
             "ORDER BY run_key, rowid",

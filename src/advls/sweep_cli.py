@@ -98,7 +98,9 @@ def run(
     gpus_per_run: Annotated[
         float, typer.Option(help="ray: GPUs each task declares (fractions share a GPU).")
     ] = 0.0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda, for every run.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N], for every run.")
+    ] = "auto",
     data_dir: Annotated[
         Path | None, typer.Option(help="Data directory (default: $ADVLS_DATA, ~/.cache/advls).")
     ] = None,
@@ -142,7 +144,7 @@ def run(
         _fail(str(error))
 
     results = _open_store(store)
-    keys = register(results, sweep.name, runs)
+    keys = register(results, sweep, runs)
     if dry_run:
         table = Table(title=f"{sweep.name}: {len(runs)} runs")
         for column in ("key", "run", "status"):
@@ -179,16 +181,23 @@ def run(
             if kind == "failed":
                 console.print(f"[red]failed[/] {name}: {detail}")
 
-        summary = run_sweep(
-            results,
-            keys,
-            pool,
-            artifact_dir=artifacts or store.with_name(store.stem + "-artifacts"),
-            data_dir=data_dir,
-            device=device,
-            retry_failed=retry_failed,
-            on_event=on_event,
-        )
+        try:
+            summary = run_sweep(
+                results,
+                keys,
+                pool,
+                artifact_dir=artifacts or store.with_name(store.stem + "-artifacts"),
+                data_dir=data_dir,
+                device=device,
+                retry_failed=retry_failed,
+                on_event=on_event,
+            )
+        except KeyboardInterrupt:
+            console.print(
+                "[yellow]interrupted[/]: finished runs are stored and runs in flight were given "
+                "back; run the same command again to continue"
+            )
+            raise typer.Exit(code=130) from None
     Console().print(_status_table(results, [sweep.name]))
     counts = summary.counts
     if counts["failed"]:

@@ -19,7 +19,7 @@ from advls.data import resolve_data_dir
 from advls.store import Store
 from advls.sweep.executors import Executor
 from advls.sweep.job import Outcome, Task
-from advls.sweep.spec import RunSpec
+from advls.sweep.spec import RunSpec, SweepSpec
 
 __all__ = ["SweepSummary", "register", "run_sweep"]
 
@@ -36,8 +36,14 @@ class SweepSummary:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def register(store: Store, sweep: str, runs: Sequence[RunSpec]) -> list[str]:
-    """Add the runs to the store under ``sweep`` (known runs are kept); returns their keys."""
+def register(store: Store, sweep: SweepSpec | str, runs: Sequence[RunSpec]) -> list[str]:
+    """Add the runs to the store under ``sweep`` (known runs are kept); returns their keys.
+
+    Given the spec itself, the store also keeps it (reports read its ``paper`` section).
+    """
+    if isinstance(sweep, SweepSpec):
+        store.record_sweep(sweep.name, sweep.model_dump(mode="json"))
+        sweep = sweep.name
     store.add_runs(
         sweep,
         [
@@ -73,7 +79,7 @@ def run_sweep(
     *,
     artifact_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     retry_failed: bool = False,
     heartbeat_every: float = 30.0,
     on_event: EventCallback | None = None,

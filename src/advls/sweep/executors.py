@@ -67,11 +67,16 @@ def _with_threads(task: Task, threads: int) -> Task:
     return Task(**{**task.__dict__, "threads": threads})
 
 
-def _die_with_parent() -> None:
-    """A worker must not outlive a killed driver: it would keep training and hold locks."""
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive a killed driver: it would keep training and hold locks.
+
+    ``parent`` is the driver's pid, passed in: if the driver died while this worker was still
+    starting, ``os.getppid()`` already names another process.
+    """
     with contextlib.suppress(AttributeError, OSError):  # Linux: the kernel signals us
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # died before the signal was armed
+        os._exit(1)
 
     def watch() -> None:  # elsewhere (and as a backstop): notice re-parenting
         while True:
@@ -82,8 +87,8 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _init_worker(threads: int) -> None:
-    _die_with_parent()
+def _init_worker(threads: int, parent: int) -> None:
+    _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -107,7 +112,7 @@ class ProcessExecutor:
             max_workers=self.capacity,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.threads,),
+            initargs=(self.threads, os.getpid()),
         )
 
     def submit(self, task: Task) -> None:
@@ -179,7 +184,8 @@ class RayExecutor:
                 options["num_cpus"] = max(1, round(jobs * cpus))
                 if gpus:
                     options["num_gpus"] = max(1, round(jobs * gpus))
-            ray.init(address=address, **options)
+            # "local" starts a new instance even when another cluster runs on this machine.
+            ray.init(address=address or "local", **options)
         if jobs is None:
             available = ray.cluster_resources()
             slots = available.get("CPU", 1) / cpus if cpus else float("inf")

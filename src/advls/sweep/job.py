@@ -39,7 +39,7 @@ class Task:
     config: dict[str, Any]
     artifact_dir: str
     data_dir: str | None = None
-    device: str = "cpu"
+    device: str = "auto"
     threads: int | None = None
 
 
@@ -201,6 +201,7 @@ def _run(task: Task) -> Outcome:
 
 def execute_run(task: Task) -> Outcome:
     """Train and evaluate one run; any failure comes back as ``Outcome.error``, not raised."""
+    threads = torch.get_num_threads()
     if task.threads is not None:
         torch.set_num_threads(task.threads)
     started = time.perf_counter()
@@ -214,4 +215,5 @@ def execute_run(task: Task) -> Outcome:
         )
     outcome.timings["seconds"] = time.perf_counter() - started
     outcome.timings["threads"] = torch.get_num_threads()
+    torch.set_num_threads(threads)  # an in-process run leaves the driver as it found it
     return outcome
