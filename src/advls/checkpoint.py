@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import advls
+from advls.atomic import write_text_atomically
 
 __all__ = [
     "FORMAT",
@@ -62,19 +63,6 @@ class Checkpoint:
         return self.meta["config"]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def versions() -> dict[str, str]:
     return {"advls": advls.__version__, "torch": torch.__version__}
 
@@ -101,7 +89,7 @@ def write_checkpoint(
         shutil.rmtree(final)
     os.replace(staging, final)
     record = {"format": FORMAT, "epoch": epoch, "path": name, "versions": versions(), **meta}
-    _atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=True))
+    write_text_atomically(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=True))
     _prune(run_dir, keep={f"epoch-{e:04d}" for e in range(epoch - _KEEP + 1, epoch + 1)})
     return final
 

@@ -331,20 +331,6 @@ def _parse_numbers(values: list[str], option: str) -> list[float]:
     return numbers
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _progress_factory(bar):
     def start(label: str, total: int):
         task = bar.add_task(label, total=total)
@@ -419,6 +405,7 @@ def evaluate(
     from rich.progress import Progress
 
     from advls import data as datasets
+    from advls.atomic import write_text_atomically
     from advls.checkpoint import CheckpointError, load_model
     from advls.evaluate import (
         PROTOCOLS,
@@ -468,8 +455,8 @@ def evaluate(
         tables = format_markdown(result, title=title)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            _write_atomically(out / "evaluation.json", payload + "\n")
-            _write_atomically(out / "evaluation.md", tables)
+            write_text_atomically(out / "evaluation.json", payload + "\n")
+            write_text_atomically(out / "evaluation.md", tables)
     except (CheckpointError, datasets.DataError, ValueError, OSError) as error:
         _fail(str(error))
     print(payload if as_json else tables)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import time
 import traceback
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from advls import data as datasets
+from advls.atomic import write_text_atomically
 from advls.evaluate.protocols import training_smoothing
 from advls.evaluate.run import Evaluation, evaluate
 from advls.store import Result
@@ -131,13 +131,6 @@ def evaluation_results(evaluation: Evaluation) -> list[Result]:
     return rows
 
 
-def _write_json(path: Path, payload: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(payload)
-    os.replace(temporary, path)
-
-
 def _run(task: Task) -> Outcome:
     from advls.sweep.spec import EvaluateSpec  # local: spec imports the evaluation stack too
 
@@ -194,7 +187,8 @@ def _run(task: Task) -> Outcome:
     outcome.timings["eval_seconds"] = time.perf_counter() - started
     outcome.results += evaluation_results(evaluation)
     report = artifact_dir / "runs" / task.key / "evaluation.json"
-    _write_json(report, evaluation.to_json(run=task.key, config=task.config))
+    report.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(report, evaluation.to_json(run=task.key, config=task.config))
     outcome.artifacts["evaluation"] = str(report)
     return outcome
 
