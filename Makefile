@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
+# The quick reproduction: 8 runs on real MNIST, both protocols, the report (runs/reproduce/).
+# Run it again to re-render; a killed run resumes.
 demo: $(STAMP)
-	$(BIN)/advls train --dataset mnist --model lenet-mnist --loss adversarial --alpha 0.1 \
-		--epochs 2 --out runs/demo-lenet-mnist-als
+	$(BIN)/advls reproduce mnist-quick --jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slower"

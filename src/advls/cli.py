@@ -563,6 +563,10 @@ def analyze(
     )
 
 
-from advls.sweep_cli import app as sweep_app  # noqa: E402  (after the other commands, for --help order)
+# After the other commands, for --help order.
+from advls.report_cli import report, reproduce  # noqa: E402
+from advls.sweep_cli import app as sweep_app  # noqa: E402
 
+app.command()(reproduce)
+app.command()(report)
 app.add_typer(sweep_app, name="sweep")

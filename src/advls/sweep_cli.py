@@ -4,7 +4,9 @@ Kept outside :mod:`advls.sweep` so that `advls --help` does not import torch."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +24,40 @@ console = Console(stderr=True)
 
 StoreOption = Annotated[
     Path, typer.Option("--store", help="SQLite results file (created on first use).")
+]
+
+# Execution options, shared by `sweep run` and `reproduce`.
+ExecutorOption = Annotated[
+    str, typer.Option(help="local (this machine) or ray (a local Ray instance or a cluster).")
+]
+JobsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Runs at once. local: 1 runs in this process, N > 1 in N worker processes; "
+        "ray: default fills the cluster's CPUs."
+    ),
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Torch threads per run (ray: CPUs each task declares). Default: cores / jobs "
+        "locally, 1 on Ray."
+    ),
+]
+AddressOption = Annotated[
+    str | None, typer.Option(help="ray: join a running cluster (auto, or ray://host:10001).")
+]
+GpusOption = Annotated[
+    float, typer.Option(help="ray: GPUs each task declares (fractions share a GPU).")
+]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N], for every run.")
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Data directory (default: $ADVLS_DATA, ~/.cache/advls).")
+]
+RetryOption = Annotated[
+    bool, typer.Option("--retry-failed", help="Run the failed runs of this spec again.")
 ]
 
 
@@ -54,6 +90,58 @@ def _status_table(store, sweeps: list[str]) -> Table:
     return table
 
 
+def check_execution(
+    executor: str,
+    jobs: int | None,
+    threads: int | None,
+    address: str | None,
+    gpus_per_run: float,
+    device: str,
+) -> None:
+    """Reject executor options that cannot work, naming the option (shared with reproduce)."""
+    if executor not in ("local", "ray"):
+        raise ValueError(f"--executor must be local or ray, got {executor!r}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    if address is not None and executor != "ray":
+        raise ValueError("--address applies to --executor ray only")
+    if gpus_per_run < 0:
+        raise ValueError(f"--gpus-per-run must be >= 0, got {gpus_per_run}")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+
+
+@contextlib.contextmanager
+def sweep_progress(
+    name: str, total: int, completed: int, enabled: bool = True
+) -> Iterator[Callable[[str, str, str], None]]:
+    """A progress bar over a sweep's runs; yields the driver's ``on_event`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+    )
+    with Progress(*columns, console=console, disable=not enabled) as bar:
+        task = bar.add_task(name, total=total, completed=completed, last="")
+
+        def on_event(kind: str, run: str, detail: str) -> None:
+            if kind == "start":
+                bar.update(task, last=f"running {run}")
+                return
+            bar.advance(task)
+            bar.update(task, last=f"{run}: {kind}")
+            if kind == "failed":
+                console.print(f"[red]failed[/] {run}: {detail}")
+
+        yield on_event
+
+
 def _open_store(path: Path):
     from advls.store import Store, StoreError
 
@@ -74,39 +162,14 @@ def run(
             "default: <store>-artifacts beside the store."
         ),
     ] = None,
-    executor: Annotated[
-        str, typer.Option(help="local (this machine) or ray (a local Ray instance or a cluster).")
-    ] = "local",
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            help="Runs at once. local: 1 runs in this process, N > 1 in N worker processes; "
-            "ray: default fills the cluster's CPUs."
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="Torch threads per run (ray: CPUs each task declares). Default: cores / jobs "
-            "locally, 1 on Ray."
-        ),
-    ] = None,
-    address: Annotated[
-        str | None,
-        typer.Option(help="ray: join a running cluster (auto, or ray://host:10001)."),
-    ] = None,
-    gpus_per_run: Annotated[
-        float, typer.Option(help="ray: GPUs each task declares (fractions share a GPU).")
-    ] = 0.0,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA when available), cpu or cuda[:N], for every run.")
-    ] = "auto",
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data directory (default: $ADVLS_DATA, ~/.cache/advls).")
-    ] = None,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Run the failed runs of this spec again.")
-    ] = False,
+    executor: ExecutorOption = "local",
+    jobs: JobsOption = None,
+    threads: ThreadsOption = None,
+    address: AddressOption = None,
+    gpus_per_run: GpusOption = 0.0,
+    device: DeviceOption = "auto",
+    data_dir: DataDirOption = None,
+    retry_failed: RetryOption = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the runs and their status; run nothing.")
     ] = False,
@@ -120,24 +183,11 @@ def run(
 
     Example: advls sweep run configs/mnist-quick.yaml --store results.db --jobs 2
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from advls.data import DataError
     from advls.sweep import SpecError, check_data_available, create, load_spec, register, run_sweep
 
     try:
-        if executor not in ("local", "ray"):
-            raise ValueError(f"--executor must be local or ray, got {executor!r}")
-        if jobs is not None and jobs < 1:
-            raise ValueError(f"--jobs must be >= 1, got {jobs}")
-        if threads is not None and threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        if address is not None and executor != "ray":
-            raise ValueError("--address applies to --executor ray only")
-        if gpus_per_run < 0:
-            raise ValueError(f"--gpus-per-run must be >= 0, got {gpus_per_run}")
-        if device not in ("auto", "cpu") and not device.startswith("cuda"):
-            raise ValueError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+        check_execution(executor, jobs, threads, address, gpus_per_run, device)
         sweep, runs = load_spec(spec)
         check_data_available(runs, data_dir)
     except (SpecError, DataError, ValueError) as error:
@@ -160,27 +210,9 @@ def run(
         _fail(str(error))
 
     counts = results.counts(keys)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"),
-    )
-    with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task(
-            sweep.name, total=len(keys), completed=counts["done"] + counts["failed"], last=""
-        )
-
-        def on_event(kind: str, name: str, detail: str) -> None:
-            if kind == "start":
-                bar.update(task, last=f"running {name}")
-                return
-            bar.advance(task)
-            bar.update(task, last=f"{name}: {kind}")
-            if kind == "failed":
-                console.print(f"[red]failed[/] {name}: {detail}")
-
+    with sweep_progress(sweep.name, len(keys), counts["done"] + counts["failed"], progress) as (
+        on_event
+    ):
         try:
             summary = run_sweep(
                 results,

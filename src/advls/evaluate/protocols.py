@@ -1,7 +1,7 @@
 """Evaluation protocols: named, inspectable suites of configured attacks (DESIGN §3).
 
 ``paper``     the authors' evaluation: FGSM and BIM ascend the model's *own* training loss,
-              BIM takes 100 steps of eps/100, DeepFool and CW-L2 (5 x 100) as they ran them.
+              BIM takes 100 steps of eps/100, DeepFool and CW-L2 (5 x 100, Adam lr 0.1).
 ``standard``  the field's defaults with hard-label losses: FGSM-CE, PGD-40, DeepFool, CW-L2.
 ``strong``    the standard L-inf attacks plus PGD with 5 restarts, APGD-CE and APGD-DLR
               (Croce & Hein; DLR with 3 restarts), the score-based Square attack (1000
@@ -152,6 +152,7 @@ class Protocol:
 
 _FGSM_CE = AttackSpec("fgsm", "fgsm", "single-step", {"loss": "ce"})
 _PGD_CE = AttackSpec("pgd-40", "pgd", "iterative", {"steps": 40, "loss": "ce"}, seeded=True)
+_CW_FAST = {"steps": 100, "lr": 0.1}
 _DEEPFOOL = AttackSpec("deepfool", "deepfool", "minimal", {"norm": "l2", "steps": 100})
 
 PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
@@ -159,23 +160,26 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
         "paper": Protocol(
             "paper",
             "The authors' evaluation: FGSM and BIM-100 (step eps/100) on the model's own "
-            "training loss, DeepFool-100 and CW-L2 5x100.",
+            "training loss, DeepFool-100 and CW-L2 5x100 (Adam lr 0.1).",
             (
                 AttackSpec("fgsm", "fgsm", "single-step", model_loss=True),
                 AttackSpec("bim-100", "bim", "iterative", {"steps": 100}, model_loss=True),
                 _DEEPFOOL,
-                AttackSpec("cw-l2", "cw_l2", "minimal", {"binary_steps": 5, "steps": 100}),
+                # Adam at lr 0.1: at the default 0.01, 100 steps cannot travel the L2 distance
+                # MNIST needs and CW fools only half of a plain MLP's points (the paper's CW
+                # fools 97%); at 0.1 it fools all, at an L2 within 2% of a 1000-step search.
+                AttackSpec("cw-l2", "cw_l2", "minimal", _CW_FAST | {"binary_steps": 5}),
             ),
         ),
         "standard": Protocol(
             "standard",
             "Hard-label losses and the usual defaults: FGSM-CE, PGD-40 (one random start), "
-            "DeepFool-100 and CW-L2 9x100.",
+            "DeepFool-100 and CW-L2 9x100 (Adam lr 0.1).",
             (
                 _FGSM_CE,
                 _PGD_CE,
                 _DEEPFOOL,
-                AttackSpec("cw-l2", "cw_l2", "minimal", {"binary_steps": 9, "steps": 100}),
+                AttackSpec("cw-l2", "cw_l2", "minimal", _CW_FAST | {"binary_steps": 9}),
             ),
         ),
         "strong": Protocol(

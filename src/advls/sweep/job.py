@@ -132,7 +132,8 @@ def evaluation_results(evaluation: Evaluation) -> list[Result]:
 
 
 def _run(task: Task) -> Outcome:
-    from advls.sweep.spec import EvaluateSpec  # local: spec imports the evaluation stack too
+    # Local: spec imports the evaluation stack too.
+    from advls.sweep.spec import EvaluateSpec, train_key
 
     artifact_dir = Path(task.artifact_dir)
     config = TrainConfig.model_validate(task.config["train"])
@@ -163,7 +164,8 @@ def _run(task: Task) -> Outcome:
     surrogate = None
     if evaluation_spec.surrogate == "twin":
         twin = twin_config(config)
-        twin_key = "twin-" + task.train_key
+        # Keyed by the twin's own training, so every run of a grid shares one twin.
+        twin_key = "twin-" + train_key(twin)
         surrogate = _train(twin, artifact_dir / "train" / twin_key, task).model
         outcome.artifacts["surrogate"] = str(artifact_dir / "train" / twin_key)
 

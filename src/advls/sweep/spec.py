@@ -44,6 +44,7 @@ __all__ = [
     "check_data_available",
     "load_spec",
     "parse_spec",
+    "train_key",
 ]
 
 #: Bumped when the resolved form of a run changes meaning; it is part of every key.
@@ -293,8 +294,14 @@ def _make_run(config: TrainConfig, evaluation: EvaluateSpec, source: str) -> Run
         evaluate=evaluation,
         eps=tuple(eps),
         key=_digest(run.resolved()),
-        train_key=_digest({"version": KEY_VERSION, "train": train.model_dump()}),
+        train_key=train_key(train),
     )
+
+
+def train_key(config: TrainConfig) -> str:
+    """The key of a training alone: equal for configs that train the same model."""
+    canonical = canonical_train(config.model_dump())
+    return _digest({"version": KEY_VERSION, "train": canonical})
 
 
 def parse_spec(payload: Any, source: str = "<spec>") -> tuple[SweepSpec, list[RunSpec]]:
