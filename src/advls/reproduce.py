@@ -39,7 +39,8 @@ _SQUEEZING_LOSSES = ("ce", "adversarial", "standard")
 
 @dataclass
 class Reproduction:
-    """What :func:`reproduce` did: runs it executed, the store's counts, the report."""
+    """What :func:`reproduce` did: runs it executed, the store's counts, the report (None
+    when no run finished)."""
 
     suite: str
     out_dir: Path
@@ -158,6 +159,9 @@ def reproduce(
         else:
             stage(f"all {len(keys)} runs are finished; rendering the report only")
         result.counts = store.counts(keys)
+        if not result.counts["done"]:
+            stage("no run finished, so there is nothing to report")
+            return result
         theory_dirs: list[Path] = []
         if theory:
             stage("theory: triangular toy and logit squeezing")

@@ -177,9 +177,10 @@ def run(
 ) -> None:
     """Run every run of SPEC that the store has not finished.
 
-    The spec is validated and every dataset it needs is checked before anything trains.
-    Results are written as each run finishes; stop at any time (Ctrl-C or kill) and run the
-    same command again to continue. Several `sweep run` processes may share one store.
+    The spec is validated and every dataset it needs is checked before
+    anything trains. Results are written as each run finishes; stop at any
+    time (Ctrl-C or kill) and run the same command again to continue.
+    Several `sweep run` processes may share one store.
 
     Example: advls sweep run configs/mnist-quick.yaml --store results.db --jobs 2
     """

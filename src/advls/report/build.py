@@ -38,7 +38,7 @@ from advls.report.page import (
     render_markdown,
 )
 from advls.report.paper import read_paper_tables, side_by_side, write_side_by_side
-from advls.report.tables import audit_table, tables_from_cells, write_tables
+from advls.report.tables import audit_table, slug, tables_from_cells, write_tables
 from advls.store import Store
 from advls.sweep.export import results_table
 
@@ -85,21 +85,44 @@ def _inferred_mapping(frame: pd.DataFrame) -> PaperMapping | None:
 
 def mappings_from_store(
     store: Store, sweeps: Sequence[str], frame: pd.DataFrame
-) -> list[PaperMapping]:
-    """The ``paper:`` sections of the sweeps' specs, or one inferred from the results."""
-    mappings = []
+) -> tuple[list[PaperMapping], list[str]]:
+    """Each sweep's ``paper:`` section, or one inferred from its own results.
+
+    Returns the mappings and the names of the sweeps whose mapping was inferred (their
+    indices are only the sorted alphas and budgets they ran, not a choice about the paper).
+
+    Raises:
+        ValueError: a bad ``paper:`` section, or two sweeps mapping one set-up differently
+            (report them one at a time).
+    """
+    mappings: list[PaperMapping] = []
+    inferred: list[str] = []
+    owners: dict[str, tuple[str, PaperMapping]] = {}
     for name in sweeps:
-        spec = store.sweep_spec(name) or {}
-        if spec.get("paper"):
-            try:
-                mappings.append(PaperMapping.from_dict(spec["paper"]))
-            except ValueError as error:
-                raise ValueError(f"sweep {name!r}: {error}") from None
-    if not mappings and not frame.empty:
-        inferred = _inferred_mapping(frame)
-        if inferred is not None:
-            mappings.append(inferred)
-    return mappings
+        section = (store.sweep_spec(name) or {}).get("paper")
+        try:
+            mapping = PaperMapping.from_dict(section) if section else None
+        except ValueError as error:
+            raise ValueError(f"sweep {name!r}: {error}") from None
+        if mapping is None:
+            mapping = _inferred_mapping(frame[frame["sweep"] == name])
+            if mapping is None:
+                continue
+            inferred.append(name)
+        for setup in set(mapping.setups.values()):
+            other = owners.get(setup)
+            if other is not None and (other[1].alpha, other[1].eps, other[1].eps_scale) != (
+                mapping.alpha,
+                mapping.eps,
+                mapping.eps_scale,
+            ):
+                raise ValueError(
+                    f"sweeps {other[0]!r} and {name!r} map the set-up {setup!r} to different "
+                    "alphas or budgets; report one of them at a time (--sweep)"
+                )
+            owners.setdefault(setup, (name, mapping))
+        mappings.append(mapping)
+    return mappings, inferred
 
 
 # --------------------------------------------------------------------------- highlighting
@@ -127,10 +150,6 @@ def _verdict_cells(key: Hashable, column: Hashable, value: object) -> str:
 
 
 # --------------------------------------------------------------------------- sections
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
-
-
 class _Writer:
     """Writes figures and tables under ``out`` and remembers their relative paths."""
 
@@ -149,7 +168,7 @@ class _Writer:
         written = write_tables(tables, self.out / "tables")
         files: dict[str, list[str]] = {}
         for name in tables:
-            stem = f"table-{_slug(name)}"
+            stem = f"table-{slug(name)}"
             files[name] = [str(p.relative_to(self.out)) for p in written if p.stem == stem]
             self.tables[name] = self.out / "tables" / f"{stem}.csv"
         return files
@@ -214,7 +233,11 @@ def _tables_section(tables: dict[str, pd.DataFrame], writer: _Writer) -> Section
 
 
 def _comparison_section(
-    cells: pd.DataFrame, paper_path: Path, writer: _Writer, threshold: float
+    cells: pd.DataFrame,
+    paper_path: Path,
+    writer: _Writer,
+    threshold: float,
+    inferred: Sequence[str] = (),
 ) -> Section:
     section = Section("Side by side with the paper")
     comparison = side_by_side(cells, read_paper_tables(paper_path))
@@ -242,18 +265,23 @@ def _comparison_section(
         )
         .reset_index()
     )
-    section.blocks.append(
-        TextBlock(
-            [
-                f"{len(compared)} of our cells have a number in the paper "
-                f"({len(comparison) - len(compared)} more where the paper prints “/”). "
-                f"Means per attack and set-up below; cells more than {threshold:g} apart are "
-                "highlighted in the full comparison. The paper's alpha and eps values were "
-                "lost with its formulas: our indices stand for the values the spec's `paper:` "
-                "section names, so differences are findings to read, not failures."
-            ]
-        )
+    blank = int(comparison["paper"].isna().sum())
+    missing = int(comparison["ours"].isna().sum())
+    text = (
+        f"{len(compared)} of our cells have a number in the paper ({blank} more where the "
+        "paper prints “/”"
+        + (f", {missing} where our value is missing" if missing else "")
+        + f"). Means per attack and set-up below; cells more than {threshold:g} apart are "
+        "highlighted in the full comparison. The paper's alpha and eps values were lost with "
+        "its formulas: our indices stand for the values the spec's `paper:` section names, so "
+        "differences are findings to read, not failures."
     )
+    if inferred:
+        text += (
+            f" Sweep(s) {', '.join(inferred)} have no `paper:` section: their indices are "
+            "just their own alphas and budgets in increasing order, so the comparison is loose."
+        )
+    section.blocks.append(TextBlock([text]))
     section.blocks.append(
         TableBlock(
             "Comparison by attack and set-up",
@@ -292,7 +320,7 @@ def _figure_section(
         section.blocks.append(
             writer.figure(
                 figure,
-                f"figure-3-{_slug(setup)}",
+                f"figure-3-{slug(setup)}",
                 f"Accuracy against α, {setup}",
                 "The paper's Figure 3 (a-c): adversarial accuracy against the smoothing "
                 f"strength for each attack, FGSM and BIM at the paper's eps index {middle}; "
@@ -321,7 +349,7 @@ def _figure_section(
             section.blocks.append(
                 writer.figure(
                     figure,
-                    f"accuracy-vs-eps-{_slug(attack)}-{_slug(setup)}",
+                    f"accuracy-vs-eps-{slug(attack)}-{slug(setup)}",
                     f"{attack} accuracy against ε, {setup}",
                     "One panel per smoothing method, a line per α, starting from clean "
                     "accuracy at ε = 0; the baselines are repeated in every panel.",
@@ -500,7 +528,7 @@ def build_report(
             f"the store has no sweep named {unknown[0] if unknown else '(any)'!r} (known: {known})"
         )
     keys = [key for name in names for key in store.sweep_keys(name)]
-    frames = [results_table(store, name) for name in names]
+    frames = [results_table(store, name).assign(sweep=name) for name in names]
     frame = pd.concat(frames, ignore_index=True).drop_duplicates(
         ["run", "protocol", "attack", "eps", "metric"]
     )
@@ -511,7 +539,7 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out)
-    mappings = mappings_from_store(store, names, frame)
+    mappings, inferred = mappings_from_store(store, names, frame)
     cells = paper_cells(frame, mappings) if mappings else pd.DataFrame()
     audit = audit_table(frame)
 
@@ -522,7 +550,7 @@ def build_report(
         sections.append(_tables_section(tables_from_cells(cells, sources=_SOURCES), writer))
         sections.append(
             _comparison_section(
-                cells, Path(paper_tables or default_paper_tables()), writer, threshold
+                cells, Path(paper_tables or default_paper_tables()), writer, threshold, inferred
             )
         )
         sections.append(_figure_section(frame, mappings, cells, writer))

@@ -132,6 +132,7 @@ def plot_accuracy_vs_alpha(
         _baselines(ax, chosen)
         ax.set_xlabel(ALPHA_LABEL)
         ax.set_ylabel(ACCURACY_LABEL)
+        ax.set_ylim(-0.02, 1.02)  # accuracies: one scale for every panel and set-up
         ax.set_title(f"{setup}: {attack}{_budget_text(chosen, attack)}", fontsize="medium")
         ax.grid(alpha=0.3)
     _shared_legend(figure, axes)
@@ -203,6 +204,7 @@ def plot_setups_vs_alpha(
     ax.set_title(f"{attack}{budget}: {shown} across set-ups", fontsize="medium")
     ax.set_xlabel(ALPHA_LABEL)
     ax.set_ylabel(ACCURACY_LABEL)
+    ax.set_ylim(-0.02, 1.02)  # accuracies: one scale for every panel and set-up
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncols=2)
     return figure
@@ -266,6 +268,7 @@ def plot_accuracy_vs_eps(
                 ax.plot(x, y, marker=".", linewidth=1.5, **style)
         ax.set_xlabel(EPS_LABEL)
         ax.set_ylabel(ACCURACY_LABEL)
+        ax.set_ylim(-0.02, 1.02)  # accuracies: one scale for every panel and set-up
         ax.set_title(f"{setup}: {attack}, {method}", fontsize="medium")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import numbers
 import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,8 @@ class Section:
 
     @property
     def anchor(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
+        """GitHub's heading anchor: punctuation dropped, spaces to hyphens."""
+        return re.sub(r"[^\w\- ]", "", self.title.lower()).replace(" ", "-")
 
 
 @dataclass
@@ -166,9 +168,9 @@ def _value_text(value: object, digits: int) -> tuple[str, bool]:
     """A cell's text and whether it is numeric; missing values are an en dash."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "–", False
-    if isinstance(value, float):
-        return f"{value:.{digits}f}", True
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        return f"{float(value):.{digits}f}", True
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return str(value), True
     return str(value), False
 

@@ -35,6 +35,7 @@ __all__ = [
     "NO_ALPHA",
     "audit_table",
     "paper_tables",
+    "slug",
     "table_csv",
     "table_latex",
     "table_markdown",
@@ -278,7 +279,9 @@ def table_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
     lines.append("|" + "|".join(["---"] * len(names) + aligns) + "|")
     for shown, values in zip(_shown_keys(keys), table.itertuples(index=False), strict=True):
         cells = [*shown, *(_format(value, digits) for value in values)]
-        lines.append("| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |")
+        # One line per row: "|" would end a cell and a newline the row (error messages).
+        shown_cells = (" ".join(cell.split()).replace("|", r"\|") for cell in cells)
+        lines.append("| " + " | ".join(shown_cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -375,7 +378,8 @@ def table_csv(table: pd.DataFrame) -> str:
     return flat.to_csv(index=False, lineterminator="\n")
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A file-name stem: lower case, runs of other characters as one hyphen."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "table"
 
 
@@ -387,11 +391,11 @@ def write_tables(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in tables.items():
-        stem = out / f"table-{_slug(name)}"
+        stem = out / f"table-{slug(name)}"
         for suffix, text in (
             (".md", table_markdown(table, digits=digits)),
             (".csv", table_csv(table)),
-            (".tex", table_latex(table, digits=digits, label=f"tab:{_slug(name)}")),
+            (".tex", table_latex(table, digits=digits, label=f"tab:{slug(name)}")),
         ):
             path = stem.with_suffix(suffix)
             path.write_text(text, encoding="utf-8")
