@@ -295,3 +295,11 @@ def test_markdown_table_cells_stay_on_one_line():
 
     text = table_markdown(pd.DataFrame({"error": ["out of\nmemory | retry"]}))
     assert text.splitlines()[-1] == r"| out of memory \| retry |"
+
+
+def test_inline_marks_escape_first_and_leave_code_alone():
+    from advls.report.page import _inline
+
+    assert _inline("a *holds* **b** `x*y` 2 * 3 <i>") == (
+        "a <em>holds</em> <strong>b</strong> <code>x*y</code> 2 * 3 &lt;i&gt;"
+    )

@@ -116,12 +116,15 @@ def reproduce(
     data_dir: str | os.PathLike[str] | None = None,
     retry_failed: bool = False,
     theory: bool = True,
+    report_dir: str | os.PathLike[str] | None = None,
     progress: ProgressFactory | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Reproduction:
     """Run every unfinished run of ``suite`` into ``out_dir``, then write its report.
 
     ``suite`` is a shipped suite's name (:func:`advls.suites.suite_names`) or a spec file.
+    The report goes to ``report_dir`` (default ``out_dir/report``) and covers this suite's
+    sweep only, so several suites may share one store and its checkpoints.
     Bad specs and missing data fail before anything is created; a failed run is recorded
     and reported, and does not stop the others.
 
@@ -170,7 +173,7 @@ def reproduce(
         stage("rendering the report")
         result.report = build_report(
             store,
-            out / "report",
+            Path(report_dir) if report_dir is not None else out / "report",
             sweeps=[sweep.name],
             theory_dirs=theory_dirs,
             title=f"advls reproduction: {sweep.name}",

@@ -38,7 +38,7 @@ CellClass = Callable[[Hashable, Hashable, object], str]
 
 @dataclass(frozen=True)
 class TextBlock:
-    """Paragraphs and a bullet list; ``code`` and **bold** are the only inline marks."""
+    """Paragraphs and a bullet list; ``code``, **bold** and *emphasis* are the inline marks."""
 
     paragraphs: Sequence[str] = ()
     bullets: Sequence[str] = ()
@@ -151,9 +151,15 @@ details summary { cursor: pointer; font-weight: 600; margin: .4rem 0; }
 
 
 def _inline(text: str) -> str:
-    escaped = html.escape(text)
-    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    """Escaped text with `code`, **bold** and *emphasis*; nothing is marked inside code."""
+    parts = []
+    for number, piece in enumerate(html.escape(text).split("`")):
+        if number % 2:  # between backticks
+            parts.append(f"<code>{piece}</code>")
+            continue
+        piece = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", piece)
+        parts.append(re.sub(r"\*([^*\s][^*]*?)\*", r"<em>\1</em>", piece))
+    return "".join(parts)
 
 
 def _html_text(block: TextBlock) -> str:
