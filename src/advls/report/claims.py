@@ -14,7 +14,8 @@ often it holds rather than a single yes or no:
 - ``ls-beats-fgsm-at``: a smoothed model beats FGSM adversarial training; the paper claims
   it for every attack but FGSM, which adversarial training was trained against.
 - ``strong-keeps-gain``: the gain of smoothing over the plain model, in worst-case accuracy,
-  survives the strong protocol (only when the store has strong-protocol results).
+  survives the strong protocol: where the paper's protocol shows a gain, the strong one
+  keeps at least ``KEPT_SHARE`` of it (only when the store has strong-protocol results).
 
 A claim *holds* for a set-up and attack when at least ``HOLDS`` of its comparisons go the
 paper's way, *partly* from ``PARTLY``, and *fails* below. Exact ties (both models at 0 under
@@ -28,12 +29,22 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from advls.report.mapping import SMOOTHING_METHODS
+from advls.report.mapping import PAPER_SETUPS, SMOOTHING_METHODS
 
-__all__ = ["CLAIMS", "CLEAN_TOLERANCE", "HOLDS", "PARTLY", "check_claims", "verdict"]
+__all__ = [
+    "CLAIMS",
+    "CLEAN_TOLERANCE",
+    "HOLDS",
+    "KEPT_SHARE",
+    "PARTLY",
+    "check_claims",
+    "verdict",
+]
 
 HOLDS = 0.75
 PARTLY = 0.25
+#: Share of the paper-protocol gain the strong protocol must keep for it to "survive".
+KEPT_SHARE = 0.5
 #: Clean accuracy a smoothed model may lose before "not reduced" stops holding.
 CLEAN_TOLERANCE = 0.01
 
@@ -47,6 +58,7 @@ CLAIMS: dict[str, str] = {
 }
 
 _SMOOTHING = list(SMOOTHING_METHODS.values())
+_SETUP_NAMES = {pair: name for name, pair in PAPER_SETUPS.items()}
 _COLUMNS = ["claim", "statement", "setup", "attack", "compared", "agree", "ties", "share"]
 _COLUMNS += ["mean_diff"]
 _COLUMNS += ["verdict", "detail"]
@@ -141,7 +153,9 @@ def _strong_gain(audit: pd.DataFrame) -> list[dict]:
             continue
         gain_paper = smoothed["paper"].to_numpy() - smoothed["eps"].map(normal["paper"])
         gain_strong = smoothed["strong"].to_numpy() - smoothed["eps"].map(normal["strong"])
-        kept = gain_strong.where(gain_paper > 0)
+        # Where the paper's protocol shows a gain, it survives if the strong protocol keeps at
+        # least half of it (a sign test alone would count +0.01 of +0.5 as a success).
+        kept = (gain_strong - KEPT_SHARE * gain_paper).where(gain_paper > 0)
         if kept.dropna().empty:
             continue
         detail = (
@@ -159,8 +173,8 @@ def check_claims(cells: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.D
     ``cells`` is :func:`~advls.report.cells.paper_cells`; ``audit`` (optional) is
     :func:`~advls.report.tables.audit_table`. ``mean_diff`` is the mean of the compared
     differences (positive = the paper's way): for ``clean-kept`` the change in clean
-    accuracy plus the tolerance, for ``strong-keeps-gain`` the gain over the normal model
-    under the strong protocol, where the paper's protocol showed one.
+    accuracy plus the tolerance, for ``strong-keeps-gain`` the strong protocol's gain over the
+    normal model minus half the paper protocol's, where the latter showed one.
     """
     attacked = ["FGSM", "BIM", "DeepFool", "CW"]
     checks: list[Callable[[], list[dict]]] = [
