@@ -54,7 +54,7 @@ class TableBlock:
     files: Sequence[str] = ()
     digits: int = 3
     cell_class: CellClass | None = None
-    collapsed: bool = False  # long tables: folded in HTML, linked instead of inlined in Markdown
+    collapsed: bool = False  # long tables: folded in HTML; in Markdown linked when it has files
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _markdown_block(block: Block) -> str:
         return f"![{block.title}]({block.png})\n\n{text}{link}"
     heading = f"**{block.name}.**" + (f" {block.caption}" if block.caption else "")
     link = f" Files: {_links(block.files)}." if block.files else ""
-    if block.collapsed:
+    if block.collapsed and block.files:  # long, and written in full elsewhere
         return f"{heading}{link}"
     table = block.frame.copy()
     table.attrs = {}
