@@ -163,7 +163,8 @@ def _strong_gain(audit: pd.DataFrame) -> list[dict]:
             f"{gain_strong.mean():+.3f} (strong); largest paper-strong gap "
             f"{block['gap'].max():.3f}"
         )
-        rows.append(_row("strong-keeps-gain", f"{dataset}/{model}", "worst case", kept, detail))
+        setup = _SETUP_NAMES.get((dataset, model), f"{dataset}/{model}")
+        rows.append(_row("strong-keeps-gain", setup, "worst case", kept, detail))
     return rows
 
 

@@ -184,6 +184,14 @@ class RayExecutor:
                 options["num_cpus"] = max(1, round(jobs * cpus))
                 if gpus:
                     options["num_gpus"] = max(1, round(jobs * gpus))
+            if address is None:
+                # A local instance shares the machine with the runs it executes: on a busy
+                # laptop its raylet can miss Ray's default 5 health checks (about 15 s) and
+                # the instance declares its own node dead. Give it 30 checks of 20 s.
+                options["_system_config"] = {
+                    "health_check_failure_threshold": 30,
+                    "health_check_timeout_ms": 20_000,
+                }
             # "local" starts a new instance even when another cluster runs on this machine.
             ray.init(address=address or "local", **options)
         if jobs is None:
