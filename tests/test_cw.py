@@ -268,7 +268,7 @@ def test_paper_protocol_cw_fools_a_plain_mlp_on_real_mnist(real_data):
     """The paper's CW (5 x 100) must be strong enough to break an undefended MNIST model.
 
     With Adam at lr 0.01, 100 steps cannot cover the L2 distance MNIST needs (about 1.3) and
-    half the points survive; the paper's own CW fooled 97% of its plain MLP's points.
+    half the points survive; the paper's own CW fooled 98.5% of its plain MLP's points.
     """
     from advls.data import load
     from advls.evaluate.protocols import PROTOCOLS
