@@ -27,10 +27,10 @@ demo: $(STAMP)
 	$(BIN)/advls reproduce mnist-quick --jobs 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slower"
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not slower"
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

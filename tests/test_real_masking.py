@@ -13,8 +13,8 @@ from advls import data as datasets
 from advls.evaluate import PROTOCOLS, Evaluation, evaluate
 from advls.train import TrainConfig, train
 
-# One worker trains the models once (make test runs with --dist loadgroup).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real-masking")]
+# One worker trains the models once: make test runs with --dist loadfile, one file per worker.
+pytestmark = [pytest.mark.slow]
 
 POINTS = 200
 EPS = (0.1, 0.3)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("reproduce")]
+pytestmark = [pytest.mark.slow]
 
 ADVLS = [str(Path(sys.executable).with_name("advls"))]
 

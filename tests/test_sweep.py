@@ -24,7 +24,7 @@ import yaml
 from advls.store import Store
 from advls.sweep import create, load_spec, register, run_sweep
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweep")]
+pytestmark = [pytest.mark.slow]
 
 ADVLS = [str(Path(sys.executable).with_name("advls"))]
 
@@ -215,8 +215,21 @@ def test_local_worker_processes_give_the_same_results(workdir, real_data, refere
     assert snapshot(store) == snapshot(reference)  # --jobs 2 gives each worker one thread
 
 
-def test_ray_cluster_started_with_ray_start_gives_the_same_results(workdir, real_data, reference):
+def test_ray_executors_give_the_same_results(workdir, real_data, reference):
+    """A local Ray instance, then a cluster from `ray start`, each give the reference store.
+
+    One test, in this order: `ray stop --force` ends every Ray process on the machine, so
+    it must not run while another test's local instance is alive.
+    """
     pytest.importorskip("ray")
+    spec = write_spec(workdir)
+    local = workdir / "ray-local.db"
+    advls(
+        "sweep", "run", str(spec), "--store", str(local), "--executor", "ray", "--jobs", "2",
+        "--threads", "1", data=real_data,
+    )  # fmt: skip
+    assert snapshot(local) == snapshot(reference)
+
     ray_cli = Path(sys.executable).with_name("ray")
     port = str(_free_port())
     # The cluster and the driver authenticate with one token of our own.
@@ -230,7 +243,6 @@ def test_ray_cluster_started_with_ray_start_gives_the_same_results(workdir, real
         check=True, capture_output=True, env=env, timeout=180,
     )  # fmt: skip
     try:
-        spec = write_spec(workdir)
         store = workdir / "ray.db"
         result = advls(
             "sweep", "run", str(spec), "--store", str(store), "--executor", "ray",
@@ -239,17 +251,6 @@ def test_ray_cluster_started_with_ray_start_gives_the_same_results(workdir, real
         assert "8/8" in result.stdout
     finally:
         subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env, timeout=120)
-    assert snapshot(store) == snapshot(reference)
-
-
-def test_local_ray_instance_gives_the_same_results(workdir, real_data, reference):
-    pytest.importorskip("ray")
-    spec = write_spec(workdir)
-    store = workdir / "ray-local.db"
-    advls(
-        "sweep", "run", str(spec), "--store", str(store), "--executor", "ray", "--jobs", "2",
-        "--threads", "1", data=real_data,
-    )  # fmt: skip
     assert snapshot(store) == snapshot(reference)
 
 

@@ -118,7 +118,8 @@ def reproduce(
         str,
         typer.Argument(
             help="A shipped suite (mnist-quick, paper-mnist, paper-mnist-audit, "
-            "paper-cifar-lenet, paper-cifar-resnet, paper-svhn) or a spec file (.yaml)."
+            "paper-cifar-lenet, paper-cifar-lenet-audit, paper-cifar-resnet, paper-svhn) or "
+            "a spec file (.yaml)."
         ),
     ],
     out: Annotated[
@@ -149,10 +150,11 @@ def reproduce(
     paper's claims.
 
     Suites: mnist-quick (minutes on a laptop CPU), paper-mnist (about half
-    an hour on 2 cores), paper-mnist-audit (paper-mnist's models under the
-    strong protocol), paper-cifar-lenet, paper-cifar-resnet (sized for a
+    an hour on 2 cores), paper-cifar-lenet, paper-cifar-resnet (sized for a
     GPU), paper-svhn (needs SVHN's train_32x32.mat and test_32x32.mat in the
-    data directory).
+    data directory). The -audit suites evaluate the models of paper-mnist and
+    paper-cifar-lenet under the strong protocol too: run them with --out
+    pointing at that suite's folder to reuse its checkpoints.
 
     Example: advls reproduce mnist-quick --jobs 2
     """
