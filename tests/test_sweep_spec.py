@@ -199,3 +199,23 @@ def test_shipped_configs_are_valid(path):
     sweep, runs = load_spec(path)
     assert sweep.name == path.stem
     assert runs and len({r.key for r in runs}) == len(runs)
+
+
+def test_every_run_of_a_grid_shares_one_twin():
+    """The transfer twin is the plain run of the next seed, whatever the run's defence."""
+    from advls.sweep.job import twin_config
+
+    _, runs = parse_spec(
+        {
+            "name": "twins",
+            "train": {"dataset": "mnist", "model": "mlp", "defence_eps": 0.03},
+            "grid": [
+                {"loss": ["ce"], "defence": ["none", "fgsm-at"]},
+                {"loss": ["adversarial", "boltzmann"], "alpha": [0.1], "temperature": [2.0]},
+            ],
+        }
+    )
+    twins = {twin_config(run.train).model_dump_json() for run in runs}
+    assert len(runs) == 4 and len(twins) == 1
+    twin = twin_config(runs[0].train)
+    assert (twin.loss, twin.defence, twin.seed) == ("ce", "none", 1)

@@ -70,10 +70,15 @@ def _exclusive(directory: Path) -> Iterator[None]:
 
 
 def twin_config(config: TrainConfig) -> TrainConfig:
-    """The plainly trained twin of a run (same data and model, next seed) for transfer."""
+    """The plainly trained twin of a run (same data and model, next seed) for transfer.
+
+    Canonical, so that every run of a grid, defended or not, names the same twin.
+    """
+    from advls.sweep.spec import canonical_train  # local: spec imports this module's peers
+
     twin = config.model_dump()
     twin.update(loss="ce", alpha=0.0, defence="none", seed=config.seed + 1)
-    return TrainConfig.model_validate(twin)
+    return TrainConfig.model_validate(canonical_train(twin))
 
 
 def _train(config: TrainConfig, run_dir: Path, task: Task) -> TrainResult:
