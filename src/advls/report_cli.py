@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from advls.sweep_cli import (
     AddressOption,
@@ -21,18 +20,13 @@ from advls.sweep_cli import (
     JobsOption,
     RetryOption,
     ThreadsOption,
+    _fail,
     check_execution,
+    console,
     sweep_progress,
 )
 
-console = Console(stderr=True)
-
 __all__ = ["report", "reproduce"]
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=2)
 
 
 def _describe(files, seconds: float) -> None:

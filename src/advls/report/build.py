@@ -312,48 +312,40 @@ def _figure_section(
     setups = sorted(set(cells["setup"]), key=setup_sort_key)
     eps_indices = sorted(int(i) for i in cells["eps_index"].dropna().unique())
     middle = eps_indices[len(eps_indices) // 2] if eps_indices else 1
-    for setup in setups:
-        try:
-            figure = plot_accuracy_vs_alpha(frame, mappings, setup, eps_index=middle)
+
+    def add(draw: Callable[[], Figure], stem: str, title: str, caption: str) -> None:
+        try:  # a plot raises ValueError when the store has nothing for it: leave it out
+            figure = draw()
         except ValueError:
-            continue
-        section.blocks.append(
-            writer.figure(
-                figure,
-                f"figure-3-{slug(setup)}",
-                f"Accuracy against α, {setup}",
-                "The paper's Figure 3 (a-c): adversarial accuracy against the smoothing "
-                f"strength for each attack, FGSM and BIM at the paper's eps index {middle}; "
-                "horizontal lines are the normal model and FGSM adversarial training.",
-            )
+            return
+        section.blocks.append(writer.figure(figure, stem, title, caption))
+
+    for setup in setups:
+        add(
+            lambda setup=setup: plot_accuracy_vs_alpha(frame, mappings, setup, eps_index=middle),
+            f"figure-3-{slug(setup)}",
+            f"Accuracy against α, {setup}",
+            "The paper's Figure 3 (a-c): adversarial accuracy against the smoothing strength "
+            f"for each attack, FGSM and BIM at the paper's eps index {middle}; horizontal "
+            "lines are the normal model and FGSM adversarial training.",
         )
-    try:
-        figure = plot_setups_vs_alpha(frame, mappings, eps_index=middle)
-        section.blocks.append(
-            writer.figure(
-                figure,
-                "figure-3d-setups",
-                "FGSM across set-ups",
-                f"The paper's Figure 3 (d): ALS under FGSM (eps index {middle}) against α for "
-                "every set-up; dotted lines are each set-up's normal model.",
-            )
-        )
-    except ValueError:
-        pass
+    add(
+        lambda: plot_setups_vs_alpha(frame, mappings, eps_index=middle),
+        "figure-3d-setups",
+        "FGSM across set-ups",
+        f"The paper's Figure 3 (d): ALS under FGSM (eps index {middle}) against α for every "
+        "set-up; dotted lines are each set-up's normal model.",
+    )
     for setup in setups:
         for attack in BOUNDED_ATTACKS:
-            try:
-                figure = plot_accuracy_vs_eps(frame, mappings, setup, attack=attack)
-            except ValueError:
-                continue
-            section.blocks.append(
-                writer.figure(
-                    figure,
-                    f"accuracy-vs-eps-{slug(attack)}-{slug(setup)}",
-                    f"{attack} accuracy against ε, {setup}",
-                    "One panel per smoothing method, a line per α, starting from clean "
-                    "accuracy at ε = 0; the baselines are repeated in every panel.",
-                )
+            add(
+                lambda setup=setup, attack=attack: plot_accuracy_vs_eps(
+                    frame, mappings, setup, attack=attack
+                ),
+                f"accuracy-vs-eps-{slug(attack)}-{slug(setup)}",
+                f"{attack} accuracy against ε, {setup}",
+                "One panel per smoothing method, a line per α, starting from clean accuracy "
+                "at ε = 0; the baselines are repeated in every panel.",
             )
     if not section.blocks:
         section.blocks.append(TextBlock(["The store has no results the paper's figures use."]))
