@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from advls.attacks import ATTACKS, apgd, from_config, pgd
+from advls.attacks import ATTACKS, apgd, attack_loss, from_config, pgd
 from advls.attacks.apgd import _checkpoints
-from advls.attacks.base import attack_loss
 
 FAST = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -97,3 +97,15 @@ def test_smoothed_loss_of_a_plain_model_is_cross_entropy(run_dir: Path) -> None:
     result = runner.invoke(app, [*args, "--n", "16"])
     assert result.exit_code == 0, result.output
     assert _summary(result.stdout)["attack"]["loss"] == "ce"
+
+
+def test_the_readme_cw_example_runs(run_dir: Path, tmp_path: Path) -> None:
+    saved = tmp_path / "adv.safetensors"
+    args = ["attack", "--checkpoint", str(run_dir), "--attack", "cw_l2", "--steps", "100"]
+    result = runner.invoke(
+        app, [*args, "--param", "binary_search_steps=5", "--n", "16", "--save", str(saved)]
+    )
+    assert result.exit_code == 0, result.output
+    summary = _summary(result.stdout)
+    assert summary["attack"] == {"name": "cw_l2", "steps": 100, "binary_search_steps": 5}
+    assert summary["success_rate"] > 0 and saved.is_file()

@@ -1,4 +1,4 @@
-"""The attack contract (DESIGN §2) checked on every attack, plus closed forms and cross-checks.
+"""The attack contract (docs/architecture.md) on every attack, closed forms and cross-checks.
 
 Every attack must: return points in [0, 1] (bounded ones inside the eps-ball), report norms
 and success that match its output, leave ``x``, ``y``, the parameters, buffers, train/eval
@@ -28,11 +28,12 @@ CLASSES = 3
 # (name, attack, extra params, bounded norm or None); eps is drawn by the tests.
 CASES = {
     "fgsm": (fgsm, {}, "linf"),
+    "fgm": (ATTACKS["fgm"], {}, "l2"),
     "bim": (bim, {"steps": 5}, "linf"),
     "pgd-linf": (pgd, {"steps": 5, "restarts": 2, "seed": 0}, "linf"),
     "pgd-l2": (pgd, {"norm": "l2", "steps": 5, "restarts": 2, "seed": 0}, "l2"),
     "deepfool": (ATTACKS["deepfool"], {"steps": 20}, None),
-    "cw_l2": (ATTACKS["cw_l2"], {"binary_steps": 2, "steps": 20}, None),
+    "cw_l2": (ATTACKS["cw_l2"], {"binary_search_steps": 2, "steps": 20}, None),
     "apgd-linf": (ATTACKS["apgd"], {"steps": 5, "restarts": 2, "seed": 0}, "linf"),
     "apgd-l2": (ATTACKS["apgd"], {"norm": "l2", "steps": 5, "restarts": 2, "seed": 0}, "l2"),
     "apgd-dlr": (ATTACKS["apgd"], {"loss": "dlr", "steps": 5, "seed": 0}, "linf"),
@@ -513,7 +514,7 @@ def test_every_registered_attack_is_covered() -> None:
 
 
 def test_dlr_needs_three_classes_and_smoothed_needs_the_smoothing() -> None:
-    from advls.attacks.base import attack_loss
+    from advls.attacks import attack_loss
 
     logits, labels = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
     with pytest.raises(ValueError, match="dlr loss needs at least 3 classes"):
@@ -526,7 +527,7 @@ def test_dlr_needs_three_classes_and_smoothed_needs_the_smoothing() -> None:
 def test_success_rate_is_undefined_without_correct_points() -> None:
     import math
 
-    from advls.attacks.runner import attack_dataset
+    from advls.evaluate import attack_dataset
 
     model = make_model("linear", 0)
     x, _ = make_batch(0, 6)

@@ -82,7 +82,7 @@ def _exact_min_l2(model: Linear, x: Tensor, y: Tensor, kappa: float) -> tuple[Te
 
 def test_registered_and_configurable() -> None:
     assert ATTACKS["cw_l2"] is cw_l2
-    attack = from_config({"name": "cw_l2", "binary_steps": 2, "steps": 5})
+    attack = from_config({"name": "cw_l2", "binary_search_steps": 2, "steps": 5})
     model, x, y = _linear_problem(0, n=2)
     assert attack(model, x, y).x_adv.shape == x.shape
 
@@ -94,7 +94,7 @@ def test_minimal_l2_and_confidence_on_linear_model(kappa: float) -> None:
     # The unconstrained optimum stays inside the box, so it is the true minimum.
     assert bool(((x + step) > 0.0).all() and ((x + step) < 1.0).all())
 
-    result = cw_l2(model, x, y, binary_steps=9, steps=500, lr=0.02, confidence=kappa)
+    result = cw_l2(model, x, y, binary_search_steps=9, steps=500, lr=0.02, confidence=kappa)
 
     assert bool(result.success.all())
     margin = _margins(model, result.x_adv, y)
@@ -117,7 +117,7 @@ def test_pixels_at_exactly_zero_and_one_move() -> None:
     y = torch.tensor([0])
     assert int(model(x).argmax(1)) == 0
 
-    result = cw_l2(model, x, y, binary_steps=9, steps=500, lr=0.05)
+    result = cw_l2(model, x, y, binary_search_steps=9, steps=500, lr=0.05)
 
     assert bool(result.success.all())
     adv = result.x_adv[0]
@@ -135,7 +135,7 @@ def test_single_edge_pixel_float32() -> None:
     bias = torch.tensor([0.0, 1.8])
     model = Linear(weight, bias)  # class 0 while x3 > 0.9; x3 starts at exactly 1
     x = torch.tensor([[0.0, 1.0, 0.5, 1.0]])
-    result = cw_l2(model, x, torch.tensor([0]), binary_steps=9, steps=500, lr=0.05)
+    result = cw_l2(model, x, torch.tensor([0]), binary_search_steps=9, steps=500, lr=0.05)
     assert bool(result.success.all())
     assert float(result.x_adv[0, 3]) < 0.9
     assert abs(float(result.l2[0]) - 0.1) < 0.01
@@ -145,7 +145,7 @@ def test_failures_return_the_original_input() -> None:
     x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     y = torch.zeros(3, dtype=torch.long)
     constant = Constant(torch.tensor([1.0, 0.0, -1.0]))
-    result = cw_l2(constant, x, y, binary_steps=3, steps=20)
+    result = cw_l2(constant, x, y, binary_search_steps=3, steps=20)
     assert torch.equal(result.x_adv, x)
     assert not bool(result.success.any())
     assert bool((result.l2 == 0).all()) and bool((result.linf == 0).all())
@@ -154,7 +154,7 @@ def test_failures_return_the_original_input() -> None:
     weight = torch.zeros(2, 16)
     weight[1, 0] = 1.0
     unreachable = Linear(weight, torch.tensor([5.0, 0.0]))
-    result = cw_l2(unreachable, x, y, binary_steps=4, steps=50, lr=0.1)
+    result = cw_l2(unreachable, x, y, binary_search_steps=4, steps=50, lr=0.1)
     assert torch.equal(result.x_adv, x)
     assert not bool(result.success.any())
 
@@ -162,10 +162,10 @@ def test_failures_return_the_original_input() -> None:
 def test_binary_search_raises_c_per_example() -> None:
     # Boundaries 0.33-0.60 away: beyond what Adam's first, scale-free steps can cover.
     model, x, y = _linear_problem(2, n=4)
-    short = cw_l2(model, x, y, binary_steps=1, steps=200, lr=0.02, initial_const=1e-5)
+    short = cw_l2(model, x, y, binary_search_steps=1, steps=200, lr=0.02, initial_const=1e-5)
     assert not bool(short.success.any())
     assert torch.equal(short.x_adv, x)
-    long = cw_l2(model, x, y, binary_steps=9, steps=200, lr=0.02, initial_const=1e-5)
+    long = cw_l2(model, x, y, binary_search_steps=9, steps=200, lr=0.02, initial_const=1e-5)
     assert bool(long.success.all())
     exact, _ = _exact_min_l2(model, x, y, 0.0)
     assert bool((long.l2 <= 1.1 * exact).all()), long.l2 / exact
@@ -201,8 +201,10 @@ def test_contract_invariants() -> None:
     y[:2] = (pred[:2] + 1) % 5  # misclassified to begin with
     x_before, y_before = x.clone(), y.clone()
 
-    binary_steps, steps = 3, 30
-    result = cw_l2(model, x, y, binary_steps=binary_steps, steps=steps, abort_early=False)
+    binary_search_steps, steps = 3, 30
+    result = cw_l2(
+        model, x, y, binary_search_steps=binary_search_steps, steps=steps, abort_early=False
+    )
 
     assert torch.equal(x, x_before) and torch.equal(y, y_before)
     assert model.training
@@ -223,13 +225,13 @@ def test_contract_invariants() -> None:
     for i in range(2, 8):
         assert bool(result.success[i]) or torch.equal(result.x_adv[i], x[i])
     # Clean prediction + one forward/backward per iteration + final scoring.
-    assert result.model_calls == 1 + binary_steps * steps + 1
+    assert result.model_calls == 1 + binary_search_steps * steps + 1
 
 
 def test_abort_early_saves_calls_without_losing_success() -> None:
     model, x, y = _linear_problem(5)
-    full = cw_l2(model, x, y, binary_steps=5, steps=400, lr=0.02, abort_early=False)
-    early = cw_l2(model, x, y, binary_steps=5, steps=400, lr=0.02, abort_early=True)
+    full = cw_l2(model, x, y, binary_search_steps=5, steps=400, lr=0.02, abort_early=False)
+    early = cw_l2(model, x, y, binary_search_steps=5, steps=400, lr=0.02, abort_early=True)
     assert early.model_calls < full.model_calls
     assert torch.equal(early.success, full.success)
 
@@ -237,8 +239,8 @@ def test_abort_early_saves_calls_without_losing_success() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
-        ({"binary_steps": 0}, "binary_steps"),
-        ({"binary_steps": 2.0}, "binary_steps"),
+        ({"binary_search_steps": 0}, "binary_search_steps"),
+        ({"binary_search_steps": 2.0}, "binary_search_steps"),
         ({"steps": 0}, "steps"),
         ({"lr": 0.0}, "lr"),
         ({"lr": float("nan")}, "lr"),

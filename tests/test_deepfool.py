@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from advls.attacks import deepfool
-from advls.attacks.base import norms
+from advls.attacks.geometry import norms
 
 OVERSHOOT = 0.02
 EXTRA = 1e-4  # foolbox's step extension: every step is |f_k - f_y| / ||w||_q + 1e-4 long

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -11,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from advls.attacks import bim, fgsm
-from advls.attacks.base import eval_mode
+from advls.attacks import bim, deepfool, eval_mode, fgsm, pgd
 from advls.evaluate import (
     CHECKS,
+    PAPER_TABLE_LABELS,
     PROTOCOLS,
     AttackOutcome,
     AttackSpec,
@@ -22,6 +23,7 @@ from advls.evaluate import (
     Protocol,
     SanityChecks,
     Thresholds,
+    audit_records,
     check_eps_list,
     evaluate,
     format_markdown,
@@ -29,7 +31,13 @@ from advls.evaluate import (
     paper_eps_to_pixels,
     training_smoothing,
 )
-from advls.evaluate.masking import raise_flags, zero_gradient_fraction
+from advls.evaluate.masking import (
+    AuditRecord,
+    Check,
+    NotChecked,
+    raise_flags,
+    zero_gradient_fraction,
+)
 
 N = 100
 
@@ -191,13 +199,19 @@ def test_worst_case_is_per_example_over_the_suite() -> None:
     assert torch.equal(outcome.attacked, correct)
 
 
-def test_same_attack_in_two_protocols_runs_once() -> None:
+def _recorded_progress() -> tuple[list[str], Callable[[str, int], Callable[[int], None]]]:
+    """A progress factory that records the label of every attack it is told about."""
     started: list[str] = []
 
-    def progress(label: str, total: int):
+    def progress(label: str, total: int) -> Callable[[int], None]:
         started.append(label)
         return lambda n: None
 
+    return started, progress
+
+
+def test_same_attack_in_two_protocols_runs_once() -> None:
+    started, progress = _recorded_progress()
     images, labels = _data()
     twin = Protocol("twin", "", MINI.attacks)
     result = evaluate(
@@ -430,3 +444,120 @@ def test_tables_show_the_evidence_of_raised_flags() -> None:
     assert "**RAISED**" in row and "accuracy 0.8, strong_accuracy 0.4" in row
     quiet = next(line for line in table.splitlines() if line.startswith("| zero_gradients"))
     assert "not checked" in quiet
+
+
+# --------------------------------------------------------------------------- measurements
+def test_checks_measure_gradients_then_bounded_then_minimal_attacks() -> None:
+    started, progress = _recorded_progress()
+    model = Linear()
+    images, labels = _data()
+    result = evaluate(model, images, labels, protocols=[MINI], eps=[0.1], seed=5, progress=progress)
+    assert started[-2:] == ["check: pgd eps=0.5", "check: unbounded deepfool"]
+    assert list(result.checks.as_dict()) == [
+        "zero_gradient_fraction", "large_eps", "large_eps_accuracy", "large_eps_attack",
+        "unbounded_success_rate", "unbounded_attack",
+    ]  # fmt: skip
+    large = {"name": "pgd", "steps": 40, "loss": "ce", "eps": 0.5, "seed": 5}
+    assert result.checks.large_eps_attack == large and result.checks["large_eps"] == 0.5
+    x = images.float() / 255
+    correct = result.correct
+    fooled = ~correct
+    params = {key: value for key, value in large.items() if key != "name"}
+    fooled[correct] = pgd(model, x[correct], labels[correct], **params).success
+    assert result.checks.large_eps_accuracy == pytest.approx(1 - float(fooled.float().mean()))
+    unbounded = deepfool(model, x[correct], labels[correct], norm="l2", steps=100).success
+    assert result.checks.unbounded_success_rate == pytest.approx(float(unbounded.float().mean()))
+    assert result.checks.zero_gradient_fraction == 0.0
+    payload = json.loads(result.to_json())
+    assert payload["checks"] == {**result.checks.as_dict(), "large_eps_attack": large}
+    assert [flag["name"] for flag in payload["flags"]] == list(CHECKS)
+
+
+def test_a_check_attack_a_protocol_already_ran_runs_once() -> None:
+    started, progress = _recorded_progress()
+    images, labels = _data()
+    standard = PROTOCOLS["standard"].without("cw-l2")
+    evaluate(Linear(), images, labels, protocols=[standard], eps=[0.5], progress=progress)
+    # PGD-40 at eps 0.5 with seed 0 and DeepFool-100 are the protocol's own attacks.
+    assert not any(label.startswith("check:") for label in started)
+    assert "standard/pgd-40 eps=0.5" in started and "standard/deepfool" in started
+
+
+def test_audit_records_are_the_measurements_as_store_rows() -> None:
+    from advls.store import Result
+    from advls.sweep.job import evaluation_results
+
+    images, labels = _data()
+    result = evaluate(Linear(), images, labels, protocols=[MINI], eps=[0.1])
+    checks = result.checks
+    assert audit_records(checks) == [
+        ("zero_gradients", None, "fraction", checks.zero_gradient_fraction),
+        ("pgd_large_eps", 0.5, "robust_accuracy", checks.large_eps_accuracy),
+        ("deepfool_unbounded", None, "success_rate", checks.unbounded_success_rate),
+    ]
+    rows = evaluation_results(result)
+    audit = [row for row in rows if row.protocol == "audit" and row.metric != "raised"]
+    assert audit == [Result("audit", *record) for record in audit_records(checks)]
+    flags = [row.attack for row in rows if row.metric == "raised"]
+    assert flags == [f"flag:{flag.name}" for flag in result.flags if flag.checked]
+    unmeasured = evaluate(Linear(), images, labels, protocols=[MINI], eps=[0.1], checks=False)
+    assert not any(row.protocol == "audit" for row in evaluation_results(unmeasured))
+
+
+def test_sanity_checks_read_as_mapping_and_attributes() -> None:
+    checks = SanityChecks(zero_gradient_fraction=0.25, large_eps_attack={"name": "pgd"})
+    assert checks.zero_gradient_fraction == checks["zero_gradient_fraction"] == 0.25
+    assert dict(checks) == checks.as_dict() and len(checks) == 2
+    checks.as_dict()["large_eps_attack"]["name"] = "changed"  # a copy
+    assert checks.large_eps_attack == {"name": "pgd"}
+    with pytest.raises(AttributeError, match="nothing measured as 'unbounded_success_rate'"):
+        _ = checks.unbounded_success_rate
+    assert "zero_gradient_fraction=0.25" in repr(checks)
+
+
+class _AlwaysCounts(Check):
+    """A check written as the recipe says: it measures the attacked points and judges them."""
+
+    name = "counted"
+    measures = "gradients"
+
+    def measure(self, runner, *, seed):
+        return {"attacked_points": len(runner.index)}
+
+    def records(self, measured):
+        return [AuditRecord("counted", None, "points", float(measured.attacked_points))]
+
+    def judge(self, evaluation, thresholds):
+        points = evaluation.checks.get("attacked_points") if evaluation.checks else None
+        if points is None:
+            raise NotChecked("nothing counted")
+        return self.flag(points < evaluation.points, f"{points} attacked", [{"points": points}])
+
+
+def test_a_new_check_is_one_class_and_one_registry_entry(monkeypatch) -> None:
+    monkeypatch.setitem(CHECKS, _AlwaysCounts.name, _AlwaysCounts())
+    images, labels = _data()
+    result = evaluate(Linear(), images, labels, protocols=[MINI], eps=[0.1])
+    attacked = int(result.correct.sum())
+    assert result.checks["attacked_points"] == attacked
+    flag = next(f for f in result.flags if f.name == "counted")
+    assert flag.raised and flag.checked and flag.message == f"{attacked} attacked"
+    records = audit_records(result.checks)
+    assert [record.attack for record in records] == [
+        "zero_gradients",
+        "counted",
+        "pgd_large_eps",
+        "deepfool_unbounded",
+    ]  # fmt: skip  (by stage, then in the registry's order)
+    assert records[1] == ("counted", None, "points", float(attacked))
+    assert not _flag(_evaluation([]), "counted").checked
+
+
+def test_paper_table_labels_are_the_paper_protocols_and_the_reports() -> None:
+    from advls.report.cells import PAPER_ATTACKS
+
+    assert dict(PAPER_TABLE_LABELS) == {
+        "FGSM": "fgsm", "BIM": "bim-100", "DeepFool": "deepfool", "CW": "cw-l2",
+    }  # fmt: skip
+    assert list(PAPER_TABLE_LABELS.values()) == [s.label for s in PROTOCOLS["paper"].attacks]
+    assert PAPER_ATTACKS is PAPER_TABLE_LABELS

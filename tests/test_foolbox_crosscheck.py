@@ -89,7 +89,7 @@ def test_cw_at_least_as_good_as_foolbox(mnist_lenet) -> None:
     attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=5, steps=100, stepsize=0.01)
     theirs, _, _ = attack(_foolbox(model), x, y, epsilons=None)
     theirs = _without_placeholders(x, theirs)
-    ours = attacks.cw_l2(model, x, y, binary_steps=5, steps=100, lr=0.01)
+    ours = attacks.cw_l2(model, x, y, binary_search_steps=5, steps=100, lr=0.01)
     our_rate, our_l2 = _minimal_stats(model, x, y, ours.x_adv)
     their_rate, their_l2 = _minimal_stats(model, x, y, theirs)
     print(f"cw: ours {our_rate:.4f} / {our_l2:.4f}, foolbox {their_rate:.4f} / {their_l2:.4f}")

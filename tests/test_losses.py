@@ -15,9 +15,13 @@ from hypothesis.extra import numpy as hnp
 from torch import Tensor
 
 from advls.losses import (
+    ALIASES,
     METHODS,
+    NonFiniteLogitsError,
+    NonFiniteLossError,
     SmoothedCrossEntropy,
     alpha_from_torch_label_smoothing,
+    canonical_method,
     logit_penalty,
     smooth_labels,
     smoothed_cross_entropy,
@@ -63,7 +67,13 @@ reductions = st.sampled_from(["mean", "sum", "none"])
 
 # --------------------------------------------------------------------------- references
 def reference_r(z: Tensor, y: Tensor, method, temperature: float = 1.0) -> Tensor:
-    """The smoothing distribution r of DESIGN §1, row by row in plain Python."""
+    """Each method's smoothing distribution r, row by row in plain Python.
+
+    Goibert & Dohmatob, "Adversarial Robustness via (Adversarial) Label-Smoothing": SLS is
+    uniform over the K - 1 wrong classes; ALS is one-hot of the smallest logit over all
+    classes (ties split evenly); BLS is r_k ∝ exp(-z_k / T) over the wrong classes; SBLS is
+    one-hot of the largest wrong logit (ties split evenly).
+    """
     if callable(method):
         return method(z, y).double()
     n, k = z.shape
@@ -158,7 +168,7 @@ def test_smooth_labels_match_the_design_definitions(problem, method, alpha, temp
 @FAST
 @given(problems(max_k=24), methods, alphas, temperatures, st.integers(0, 2**31 - 1))
 def test_gradient_is_softmax_minus_target(problem, method, alpha, temperature, seed):
-    # K up to 24 covers both forward paths (transposed for K < 16, direct otherwise).
+    # K from 2 to 24: short rows (10-class problems) and longer ones.
     z, y = problem
     n = z.shape[0]
     q = reference_q(z, y, method, alpha, temperature)
@@ -523,6 +533,23 @@ def test_method_aliases(alias, canonical):
     assert SmoothedCrossEntropy(alias).method == canonical
 
 
+@pytest.mark.parametrize(
+    "name",
+    [*METHODS, *ALIASES, "ALS", "Second-Best", "SECOND_BEST", "Boltzmann", "Sls"],
+)
+def test_canonical_method_accepts_names_and_aliases_in_any_case(name):
+    expected = ALIASES.get(name.lower(), name.lower())
+    assert expected in METHODS
+    assert canonical_method(name) == expected
+    assert SmoothedCrossEntropy(name).method == expected
+
+
+@pytest.mark.parametrize("name", ["gaussian", "ce", "second best", "als ", "", 3, None])
+def test_canonical_method_rejects_other_names(name):
+    with pytest.raises(ValueError, match="method must be one of standard, adversarial"):
+        canonical_method(name)
+
+
 def test_methods_differ_from_each_other():
     # Guards against every name mapping to the same distribution.
     z = torch.tensor([[3.0, 1.0, 0.0, 2.0]], dtype=torch.float64)
@@ -602,15 +629,41 @@ def test_non_finite_logits_raise(bad, method, alpha, dtype):
     z = Z.clone().to(dtype)
     z[2, 3] = bad
     message = r"logits contain NaN or infinite values"
+    # NonFiniteLogitsError is a ValueError (a refused input) and a NonFiniteLossError.
     for reduction in ("none", "sum", "mean"):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(NonFiniteLogitsError, match=message):
             smoothed_cross_entropy(z, Y, method, alpha, reduction=reduction)
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(NonFiniteLogitsError, match=message):
             SmoothedCrossEntropy(method, alpha, reduction=reduction)(z, Y)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(NonFiniteLogitsError, match=message):
         logit_penalty(z, Y, method, alpha)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(NonFiniteLogitsError, match=message):
         smooth_labels(z, Y, method, alpha)
+    with pytest.raises(NonFiniteLogitsError, match=message):
+        smoothing_distribution(z, Y, method)
+
+
+def test_non_finite_logits_error_is_a_value_error_and_a_loss_error():
+    assert issubclass(NonFiniteLogitsError, ValueError)
+    assert issubclass(NonFiniteLogitsError, NonFiniteLossError)
+    assert not issubclass(NonFiniteLossError, ValueError)
+
+
+def test_finite_logits_that_overflow_the_loss_raise_a_loss_error():
+    z = torch.tensor([[3e38, -3e38, 0.0]])  # log-softmax overflows to -inf at the minimum
+    with pytest.raises(NonFiniteLossError, match="not finite although the logits are") as info:
+        smoothed_cross_entropy(z, torch.tensor([0]), "adversarial", 0.1)
+    assert not isinstance(info.value, NonFiniteLogitsError)
+
+
+@pytest.mark.parametrize(
+    "labels", [torch.tensor([0, 1, 5, 2]), torch.tensor([0, -1, 4, 2]), Y.double()]
+)
+def test_bad_labels_are_not_reported_as_non_finite(labels):
+    with pytest.raises(ValueError, match="labels must") as info:
+        smoothed_cross_entropy(Z, labels, "adversarial", 0.1)
+    assert not isinstance(info.value, NonFiniteLossError)
+    assert "finite" not in str(info.value)
 
 
 def _wrong_shape(logits, labels):
@@ -731,6 +784,23 @@ def test_second_derivatives_match_the_composite_loss() -> None:
 
     ours = penalty_gradient(lambda z: smoothed_cross_entropy(z, labels, "adversarial", 0.2))
     torch.testing.assert_close(ours, penalty_gradient(composite), rtol=1e-10, atol=1e-12)
+
+
+# r is locally constant for these (piecewise constant for ALS and SBLS), so finite differences
+# see exactly the gradient with q held fixed; Boltzmann's r moves with z and is checked in
+# closed form above instead.
+@pytest.mark.parametrize("method", ["standard", "adversarial", "second_best", uniform_all])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradcheck_and_gradgradcheck(method, reduction) -> None:
+    g = torch.Generator().manual_seed(4)
+    z = (torch.randn(6, 7, dtype=torch.float64, generator=g) * 2).requires_grad_(True)
+    y = torch.randint(0, 7, (6,), generator=g)
+
+    def loss(x: Tensor) -> Tensor:
+        return smoothed_cross_entropy(x, y, method, 0.3, reduction=reduction)
+
+    assert torch.autograd.gradcheck(loss, (z,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradgradcheck(loss, (z,), eps=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("classes", [5, 20])

@@ -34,7 +34,7 @@ SPEC = textwrap.dedent(
     evaluate:
       protocols:
         - name: paper
-          params: {bim-100: {steps: 10}, cw-l2: {steps: 20, binary_steps: 2}}
+          params: {bim-100: {steps: 10}, cw-l2: {steps: 20, binary_search_steps: 2}}
         - name: strong
           params:
             pgd-40x5: {steps: 10, restarts: 1}

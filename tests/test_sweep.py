@@ -275,10 +275,10 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(workdir, real_data):
         runs = {run["name"]: run for run in opened.runs()}
     assert runs["mnist-mlp-standard-0.1-s0"]["status"] == "done"
     broken = runs["mnist-mlp-adversarial-0.1-s0"]
-    assert broken["status"] == "failed" and "NonFiniteLossError" in broken["error"]
+    assert broken["status"] == "failed" and "NonFiniteLogitsError" in broken["error"]
 
     status = advls("sweep", "status", "--store", str(store), "--failed", data=real_data)
-    assert "NonFiniteLossError" in status.stdout and "failed runs" in status.stdout
+    assert "NonFiniteLogitsError" in status.stdout and "failed runs" in status.stdout
 
     advls(*command, data=real_data, check=False)  # without --retry-failed: nothing reruns
     with Store(store) as opened:

@@ -17,7 +17,16 @@ from safetensors.torch import load_file
 
 from advls import train as training
 from advls.checkpoint import CheckpointError, load_model, read_checkpoint
-from advls.train import NonFiniteLossError, TrainConfig, _augment_crop_flip, resolve_device, train
+from advls.losses import ALIASES, METHODS, SmoothedCrossEntropy
+from advls.train import (
+    NonFiniteLogitsError,
+    NonFiniteLossError,
+    TrainConfig,
+    _augment_crop_flip,
+    resolve_device,
+    train,
+    train_epoch,
+)
 
 FAST = {"model": "linear", "epochs": 1, "batch_size": 32, "lr": 0.05}
 
@@ -64,6 +73,33 @@ def test_checkpoint_round_trip_and_metadata(toy_npz: Path, tmp_path: Path) -> No
     suffixes = {p.suffix for p in run.rglob("*") if p.is_file()}
     assert suffixes == {".json", ".safetensors"}
     assert set(os.listdir(run)) == {"checkpoint.json", "epoch-0001", "epoch-0002"}
+
+
+def test_checkpoint_files_and_keys_stay_readable(toy_npz: Path, tmp_path: Path) -> None:
+    """The on-disk format is a contract: runs written by earlier versions must still resume."""
+    run = tmp_path / "run"
+    config = _config(toy_npz, epochs=2, optimizer="adam", schedule="step", step_epochs=1)
+    train(config, run, progress=False, device="cpu")
+    record = json.loads((run / "checkpoint.json").read_text())
+    assert set(record) == {
+        "format", "epoch", "path", "versions", "config", "model", "augment",
+        "optimizer", "schedule", "history", "metrics",
+    }  # fmt: skip
+    where = (record["format"], record["epoch"], record["path"])
+    assert where == ("advls.checkpoint/1", 2, "epoch-0002")
+    assert set(record["model"]) == {"name", "num_classes", "input_shape", "mean", "std"}
+    assert set(record["optimizer"]) == {"state", "param_groups"}
+    assert record["optimizer"]["state"]["0"]["exp_avg"] == {"tensor": "optim.0.exp_avg"}
+    assert record["schedule"]["last_epoch"] == 2 * 256 // 32
+    assert record["metrics"] == record["history"][-1] and len(record["history"]) == 2
+    state = load_file(run / "epoch-0002" / "state.safetensors")
+    assert set(state) == {
+        "rng.torch", "rng.shuffle", "rng.augment",
+        "optim.0.step", "optim.0.exp_avg", "optim.0.exp_avg_sq",
+        "optim.1.step", "optim.1.exp_avg", "optim.1.exp_avg_sq",
+    }  # fmt: skip
+    weights = load_file(run / "epoch-0002" / "model.safetensors")
+    assert set(weights) == {"normalize.mean", "normalize.std", "net.fc.weight", "net.fc.bias"}
 
 
 def test_finished_run_trains_nothing_more(toy_npz: Path, tmp_path: Path) -> None:
@@ -175,6 +211,47 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_non_finite_logits_name_the_step_and_their_cause(
+    toy_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_create = training.create
+    monkeypatch.setattr(training, "create", lambda *a, **k: _BlowsUpAfter(real_create(*a, **k), 2))
+    with pytest.raises(NonFiniteLogitsError, match=r"epoch 1, step 3: logits contain NaN") as info:
+        train(_config(toy_npz, loss="adversarial"), tmp_path / "run", progress=False, device="cpu")
+    # train() keeps the class (still a NonFiniteLossError) and chains the step's error.
+    assert isinstance(info.value, NonFiniteLossError)
+    cause = info.value.__cause__
+    assert isinstance(cause, NonFiniteLogitsError)
+    assert str(cause) == "step 3: logits contain NaN or infinite values"
+
+
+def test_train_epoch_raises_the_logits_error_naming_the_step() -> None:
+    model = _BlowsUpAfter(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), 1)
+    images = torch.randint(0, 256, (8, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLogitsError, match=r"^step 2: logits contain NaN"):
+        train_epoch(
+            model, optimizer, SmoothedCrossEntropy("adversarial", 0.1), images, labels,
+            batch_size=4, generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+
+
+def test_bad_labels_propagate_as_value_errors_not_as_non_finite_losses() -> None:
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    images = torch.randint(0, 256, (8, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 3, 0, 1])  # 3 is out of range for 3 classes
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]") as info:
+        train_epoch(
+            model, optimizer, SmoothedCrossEntropy("adversarial", 0.1), images, labels,
+            batch_size=8, generator=generator,
+        )  # fmt: skip
+    assert not isinstance(info.value, NonFiniteLossError)
+    assert "finite" not in str(info.value)
+
+
 def test_crop_flip_is_a_translation_or_its_mirror() -> None:
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(16, 3, 12, 12)
@@ -197,6 +274,22 @@ def test_paper_preset_and_explicit_overrides() -> None:
     )  # fmt: skip
     assert TrainConfig(preset="paper", lr=0.01).lr == 0.01
     assert TrainConfig(loss="ALS").loss == "adversarial"
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        *((name, name) for name in METHODS),
+        *ALIASES.items(),
+        ("ce", "ce"),
+        ("CE", "ce"),
+        ("Second-Best", "second_best"),
+        ("SBLS", "second_best"),
+        ("Boltzmann", "boltzmann"),
+    ],
+)
+def test_loss_names_and_aliases_are_the_losses_own(loss: str, expected: str) -> None:
+    assert TrainConfig(loss=loss).loss == expected
 
 
 @pytest.mark.parametrize(

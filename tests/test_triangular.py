@@ -1,4 +1,4 @@
-"""The triangular experiment (DESIGN §1, paper §3.1): closed forms, optima, Monte-Carlo."""
+"""The triangular experiment (paper §3.1): closed forms, optima, Monte-Carlo."""
 
 from __future__ import annotations
 

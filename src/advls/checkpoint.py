@@ -1,10 +1,14 @@
-"""Checkpoints: safetensors for every tensor, JSON for everything else, never pickle.
+"""A run's state on disk: safetensors for every tensor, JSON for everything else, never pickle.
 
 A run directory holds ``checkpoint.json`` (the commit record) and one ``epoch-NNNN/``
 directory per kept epoch with ``model.safetensors`` (weights) and ``state.safetensors``
 (optimizer tensors and random-number-generator states). ``checkpoint.json`` is written last
 and atomically, so a run killed at any moment leaves the previous complete checkpoint in
 force; a reader never sees half of a new one.
+
+Training hands its whole state over as one :class:`TrainingState`;
+:func:`save_training_state` and :func:`resume_training_state` are the only places that map
+it to those files and back, so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +35,12 @@ __all__ = [
     "FORMAT",
     "Checkpoint",
     "CheckpointError",
+    "Schedule",
+    "TrainingState",
     "load_model",
     "read_checkpoint",
+    "resume_training_state",
+    "save_training_state",
     "write_checkpoint",
 ]
 
@@ -61,6 +70,31 @@ class Checkpoint:
     @property
     def config(self) -> dict[str, Any]:
         return self.meta["config"]
+
+
+#: A learning-rate schedule as training builds it (the union also covers torch releases
+#: where ReduceLROnPlateau is not an LRScheduler).
+Schedule = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+@dataclass
+class TrainingState:
+    """Everything a training run carries from one epoch to the next: what a checkpoint holds.
+
+    ``epoch`` counts the completed epochs and ``history`` has one record per epoch (its last
+    one is the checkpoint's ``metrics``). ``shuffle`` (a CPU generator) draws each epoch's
+    order; ``augment`` (on ``device``) draws crops, flips and the defence's random starts.
+    torch's global generators (CPU, and CUDA on a GPU) are saved and restored with them.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule | None
+    shuffle: torch.Generator
+    augment: torch.Generator
+    device: torch.device
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def versions() -> dict[str, str]:
@@ -191,3 +225,119 @@ def load_model(
             f"weights in {checkpoint.run_dir} do not fit {spec['name']}: {error}"
         ) from None
     return model.to(device).eval(), checkpoint.meta
+
+
+# --------------------------------------------------------------------------- training state
+def save_training_state(
+    run_dir: str | os.PathLike[str], state: TrainingState, description: Mapping[str, Any]
+) -> Path:
+    """Checkpoint ``state`` as epoch ``state.epoch`` of ``run_dir`` and commit it.
+
+    ``description`` says what the run is (its ``config``, the ``model`` to rebuild, ...); it
+    is stored beside the state in ``checkpoint.json``. Returns the epoch directory.
+    """
+    optimizer_tensors, optimizer_skeleton = _optimizer_tensors(state.optimizer)
+    tensors = {**optimizer_tensors, **_rng_states(state)}
+    meta = {
+        **description,
+        "optimizer": optimizer_skeleton,
+        "schedule": _schedule_state(state.schedule),
+        "history": state.history,
+        "metrics": state.history[-1],
+    }
+    return write_checkpoint(run_dir, state.epoch, state.model.state_dict(), tensors, meta)
+
+
+def resume_training_state(
+    run_dir: str | os.PathLike[str], state: TrainingState, config: Mapping[str, Any]
+) -> bool:
+    """Restore ``state`` in place from ``run_dir``'s checkpoint; False when there is none.
+
+    Raises:
+        ValueError: the checkpoint belongs to a run whose ``config`` differs (the message
+            names the fields).
+        CheckpointError: the checkpoint's files are damaged or do not fit ``state``.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / RECORD).exists():
+        return False
+    checkpoint = read_checkpoint(run_dir)
+    if checkpoint.config != dict(config):
+        changed = sorted(
+            key
+            for key in set(checkpoint.config) | set(config)
+            if checkpoint.config.get(key) != config.get(key)
+        )
+        raise ValueError(
+            f"{run_dir} holds a run with a different configuration "
+            f"(differs in: {', '.join(changed)}); choose another output directory"
+        )
+    try:
+        state.model.load_state_dict(checkpoint.model_state)
+        _load_optimizer(state.optimizer, checkpoint.meta["optimizer"], checkpoint.train_state)
+        if state.schedule is not None and checkpoint.meta.get("schedule") is not None:
+            merged = {**state.schedule.state_dict(), **checkpoint.meta["schedule"]}
+            state.schedule.load_state_dict(merged)
+        _set_rng_states(state, checkpoint.train_state)
+        state.history = list(checkpoint.meta["history"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"cannot resume from {run_dir}: {error!r}") from None
+    state.epoch = checkpoint.epoch
+    return True
+
+
+def _rng_states(state: TrainingState) -> dict[str, Tensor]:
+    states = {
+        "rng.torch": torch.get_rng_state(),
+        "rng.shuffle": state.shuffle.get_state(),
+        "rng.augment": state.augment.get_state(),
+    }
+    if state.device.type == "cuda":
+        states["rng.cuda"] = torch.cuda.get_rng_state(state.device)
+    return states
+
+
+def _set_rng_states(state: TrainingState, states: Mapping[str, Tensor]) -> None:
+    torch.set_rng_state(states["rng.torch"])
+    state.shuffle.set_state(states["rng.shuffle"])
+    if state.device.type == "cuda" and "rng.cuda" in states:
+        torch.cuda.set_rng_state(states["rng.cuda"], state.device)
+    state.augment.set_state(states["rng.augment"])
+
+
+def _optimizer_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer's state into safetensors-able tensors and a JSON skeleton."""
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    skeleton: dict[str, dict[str, Any]] = {}
+    for index, slots in state_dict["state"].items():
+        skeleton[str(index)] = {}
+        for slot, value in slots.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{index}.{slot}"] = value
+                skeleton[str(index)][slot] = {"tensor": f"optim.{index}.{slot}"}
+            else:
+                skeleton[str(index)][slot] = {"value": value}
+    return tensors, {"state": skeleton, "param_groups": state_dict["param_groups"]}
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, skeleton: Mapping[str, Any], tensors: Mapping[str, Tensor]
+) -> None:
+    state = {
+        int(index): {
+            slot: tensors[entry["tensor"]] if "tensor" in entry else entry["value"]
+            for slot, entry in slots.items()
+        }
+        for index, slots in skeleton["state"].items()
+    }
+    optimizer.load_state_dict({"state": state, "param_groups": skeleton["param_groups"]})
+
+
+def _schedule_state(schedule: Schedule | None) -> dict[str, Any] | None:
+    if schedule is None:
+        return None
+    # LambdaLR keeps its (unpicklable) lambdas under lr_lambdas; they are rebuilt from the config.
+    return {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}

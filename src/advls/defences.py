@@ -18,30 +18,26 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from advls.attacks import attack_loss, eval_mode
+from advls.attacks.geometry import LINF
+from advls.attacks.gradient import ascend
 
 __all__ = ["DEFENCES", "AdversarialTraining", "craft_fgsm", "craft_pgd"]
 
 DEFENCES: tuple[str, ...] = ("none", "fgsm-at", "pgd-at")
 Criterion = Callable[[Tensor, Tensor], Tensor]
-
-
-def _input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    # Only the input's gradient is requested, so autograd skips the weight gradients.
-    x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
-    return grad
+_CE = attack_loss("ce")
 
 
 def craft_fgsm(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
-    """``clip(x + eps sign grad_x CE, 0, 1)`` with the model in eval mode; a constant."""
-    was_training = model.training
-    model.eval()
-    try:
-        return (x + eps * _input_gradient(model, x, y).sign()).clamp_(0.0, 1.0).detach()
-    finally:
-        model.train(was_training)
+    """``clip(x + eps sign grad_x CE, 0, 1)`` with the model in eval mode; a constant.
+
+    FGSM's own step (:func:`advls.attacks.gradient.ascend`), without the attack's scoring
+    pass: training needs the point, not whether it fools the model.
+    """
+    return craft_pgd(model, x, y, eps, steps=1, step_size=eps, random_start=False)
 
 
 def craft_pgd(
@@ -52,20 +48,22 @@ def craft_pgd(
     steps: int,
     step_size: float,
     generator: torch.Generator | None = None,
+    *,
+    random_start: bool = True,
 ) -> Tensor:
-    """L-inf PGD from a uniform random start, projected onto the eps-ball and [0, 1]."""
-    was_training = model.training
-    model.eval()
-    try:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = (x + eps * (2.0 * noise - 1.0)).clamp_(0.0, 1.0)
-        low, high = (x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)
-        for _ in range(steps):
-            step = _input_gradient(model, x_adv, y).sign_().mul_(step_size)
-            x_adv = torch.minimum(torch.maximum(x_adv.add_(step), low), high)
-        return x_adv.detach()
-    finally:
-        model.train(was_training)
+    """L-inf PGD from a uniform random start (drawn from ``generator``), projected onto the
+    eps-ball and [0, 1], with the model in eval mode; a constant.
+
+    PGD's own loop and random start (:mod:`advls.attacks`), without its scoring pass.
+    """
+    x = x.detach()
+    with eval_mode(model):
+        start = LINF.random_start(x, eps, generator) if random_start else x.clone()
+        found = ascend(
+            model, x, y, start, geometry=LINF, eps=eps, steps=steps, step_size=step_size,
+            objective=_CE,
+        )  # fmt: skip
+    return found.detach()
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,14 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "ALIASES",
     "METHODS",
+    "NonFiniteLogitsError",
+    "NonFiniteLossError",
     "SmoothedCrossEntropy",
     "SmoothingDistribution",
     "alpha_from_torch_label_smoothing",
+    "canonical_method",
     "logit_penalty",
     "smooth_labels",
     "smoothed_cross_entropy",
@@ -46,8 +50,11 @@ SmoothingDistribution = Callable[[Tensor, Tensor], Tensor]
 Method = str | SmoothingDistribution
 Reduction = Literal["mean", "sum", "none"]
 
+#: The smoothing methods, by canonical name.
 METHODS: tuple[str, ...] = ("standard", "adversarial", "boltzmann", "second_best")
-_ALIASES = {
+#: Other accepted spellings of :data:`METHODS` (names are matched case-insensitively): the
+#: paper's acronyms and the hyphenated second-best.
+ALIASES: dict[str, str] = {
     "sls": "standard",
     "als": "adversarial",
     "bls": "boltzmann",
@@ -57,19 +64,47 @@ _ALIASES = {
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept.
+
+    Defined beside the loss so that :class:`NonFiniteLogitsError` can extend it; training
+    (``advls.train``) raises and re-exports it.
+    """
+
+
+class NonFiniteLogitsError(NonFiniteLossError, ValueError):
+    """The logits hold NaN or infinite values, so no smoothed target or loss exists.
+
+    A :class:`NonFiniteLossError` (training stops on it, keeping the last checkpoint) and a
+    ``ValueError`` (the loss refuses its input).
+    """
+
+
 # --------------------------------------------------------------------------- validation
+def canonical_method(name: str) -> str:
+    """The canonical name in :data:`METHODS` of a method given by name or alias, in any case.
+
+    Raises:
+        ValueError: ``name`` names no smoothing method.
+    """
+    canonical = ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else None
+    if canonical not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}")
+    return canonical
+
+
 def _check_method(method: Method) -> Method:
     if callable(method):
         return method
     if not isinstance(method, str):
         raise ValueError(f"method must be one of {METHODS} or a callable, got {method!r}")
-    canonical = _ALIASES.get(method.lower(), method.lower())
-    if canonical not in METHODS:
+    try:
+        return canonical_method(method)
+    except ValueError:
         raise ValueError(
             f"method must be one of {', '.join(METHODS)} (or a callable r(logits, labels)), "
             f"got {method!r}"
-        )
-    return canonical
+        ) from None
 
 
 def _as_real(value: object) -> float | None:
@@ -126,46 +161,57 @@ def _check_inputs(logits: Tensor, labels: Tensor) -> None:
 
 def _raise_if_not_finite(logits: Tensor) -> None:
     if not bool(torch.isfinite(logits).all()):
-        raise ValueError("logits contain NaN or infinite values")
+        raise NonFiniteLogitsError("logits contain NaN or infinite values")
 
 
-# --------------------------------------------------------------------------- distributions
-# Masks are built with float arithmetic, sign(min - z) + 1 (1 at the row minima, 0 elsewhere),
-# because CPU comparison kernels producing bool tensors are several times slower than float
-# ones; for finite values x - y == 0 exactly when x == y, so ties are found exactly.
-# ``extreme`` must be the row minimum of ``values``: for a maximum, pass both negated.
-def _split_ties_at(values: Tensor, extreme: Tensor) -> Tensor:
-    # Float scalars throughout: an int scalar makes PyTorch copy it to the tensor's dtype.
-    mask = torch.sub(extreme, values).sign_().add_(1.0)
-    return mask.div_(mask.sum(dim=1, keepdim=True))
+# --------------------------------------------------------------------------- the targets
+# Each method builds ``on * e_y + off * r`` in one fresh (N, K) tensor: the loss folds its
+# sign and the mean's 1/N into ``on`` and ``off``, so no pass over q is spent on them, and
+# r alone is the case on = 0, off = 1. ``true_class`` is the (N, 1) int64 column of labels.
+# Where r_y = 0 (every method but ALS and custom ones), q_y = on is written, not added.
+def _split_ties(ties: Tensor, off: float) -> Tensor:
+    # ``ties`` holds 1.0 at each row's extreme values, 0.0 elsewhere; split ``off`` evenly.
+    # (off = 0 divides by infinity: the row is zero, as it should be.)
+    return ties.div_(ties.sum(dim=1, keepdim=True).div_(off))
 
 
-def _r_standard(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
-    k = logits.shape[1]
-    return torch.full_like(logits, 1.0 / (k - 1)).scatter_(1, labels[:, None], 0.0)
+def _q_standard(z: Tensor, true_class: Tensor, temperature: float, off: float, on: float) -> Tensor:
+    # r is 1/(K-1) off the true class and 0 on it: q is one constant but at y.
+    return torch.full_like(z, off / (z.shape[1] - 1)).scatter_(1, true_class, on)
 
 
-def _r_adversarial(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
-    return _split_ties_at(logits, logits.amin(dim=1, keepdim=True))
+def _q_adversarial(
+    z: Tensor, true_class: Tensor, temperature: float, off: float, on: float
+) -> Tensor:
+    # The comparison writes 1.0/0.0 straight into a float tensor: a bool mask converted
+    # afterwards costs two more passes on CPU. Ties compare equal exactly, so they are split.
+    ties = torch.eq(z, z.amin(dim=1, keepdim=True), out=torch.empty_like(z))
+    # The smallest logit may be the true one (then q = e_y): add, do not overwrite.
+    weighted = _split_ties(ties, off)
+    return weighted.scatter_add_(1, true_class, weighted.new_full(true_class.shape, on))
 
 
-def _r_boltzmann(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
-    energies = (logits * (-1.0 / temperature)).scatter_(1, labels[:, None], -math.inf)
-    return energies.softmax(dim=1)
+def _q_boltzmann(
+    z: Tensor, true_class: Tensor, temperature: float, off: float, on: float
+) -> Tensor:
+    energies = (z * (-1.0 / temperature)).scatter_(1, true_class, -math.inf)
+    return energies.softmax(dim=1).mul_(off).scatter_(1, true_class, on)
 
 
-def _r_second_best(logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
-    # The largest wrong logit is the smallest negated one; the true class, at +inf, gives
-    # min - inf = -inf, so it never enters the mask.
-    negated = logits.neg().scatter_(1, labels[:, None], math.inf)
-    return _split_ties_at(negated, negated.amin(dim=1, keepdim=True))
+def _q_second_best(
+    z: Tensor, true_class: Tensor, temperature: float, off: float, on: float
+) -> Tensor:
+    # The true class, at -inf, is never the largest: K >= 2 leaves a finite wrong logit.
+    wrong = z.scatter(1, true_class, -math.inf)
+    ties = wrong.eq_(wrong.amax(dim=1, keepdim=True))
+    return _split_ties(ties, off).scatter_(1, true_class, on)
 
 
-_DISTRIBUTIONS = {
-    "standard": _r_standard,
-    "adversarial": _r_adversarial,
-    "boltzmann": _r_boltzmann,
-    "second_best": _r_second_best,
+_TARGETS = {
+    "standard": _q_standard,
+    "adversarial": _q_adversarial,
+    "boltzmann": _q_boltzmann,
+    "second_best": _q_second_best,
 }
 
 
@@ -193,6 +239,26 @@ def _checked_custom(fn: SmoothingDistribution, logits: Tensor, labels: Tensor) -
     return r
 
 
+def _targets(
+    z: Tensor, true_class: Tensor, method: Method, temperature: float, off: float, on: float
+) -> Tensor:
+    """``on * e_y + off * r`` for detached logits ``z``; ``true_class`` is (N, 1) int64."""
+    if callable(method):
+        weighted = _checked_custom(method, z, true_class.squeeze(1)).mul_(off)
+        return weighted.scatter_add_(1, true_class, weighted.new_full(true_class.shape, on))
+    return _TARGETS[method](z, true_class, temperature, off, on)
+
+
+def _checked_targets(
+    logits: Tensor, labels: Tensor, method: Method, temperature: float, off: float, on: float
+) -> Tensor:
+    method = _check_method(method)
+    temperature = _check_temperature(temperature)
+    _check_inputs(logits, labels)
+    _raise_if_not_finite(logits)  # else ALS and BLS rows would silently be NaN
+    return _targets(logits.detach(), labels.long()[:, None], method, temperature, off, on)
+
+
 def smoothing_distribution(
     logits: Tensor,
     labels: Tensor,
@@ -204,15 +270,7 @@ def smoothing_distribution(
     ``q = (1 - alpha) e_y + alpha r`` is the smoothed label. For ALS, ``r`` is one-hot of the
     smallest logit over all classes, so it equals ``e_y`` when ``y`` is the smallest logit.
     """
-    method = _check_method(method)
-    temperature = _check_temperature(temperature)
-    _check_inputs(logits, labels)
-    _raise_if_not_finite(logits)  # else ALS and BLS rows would silently be NaN
-    labels = labels.long()
-    with torch.no_grad():
-        if callable(method):
-            return _checked_custom(method, logits.detach(), labels)
-        return _DISTRIBUTIONS[method](logits.detach(), labels, temperature)
+    return _checked_targets(logits, labels, method, temperature, off=1.0, on=0.0)
 
 
 def smooth_labels(
@@ -227,9 +285,7 @@ def smooth_labels(
     Every ``q`` lies in the total-variation ball ``{q : q_y >= 1 - alpha}`` around ``e_y``.
     """
     alpha = _check_alpha(alpha)
-    r = smoothing_distribution(logits, labels, method, temperature)
-    ones = r.new_full((r.shape[0], 1), 1.0 - alpha)
-    return r.mul_(alpha).scatter_add_(1, labels.long()[:, None], ones)
+    return _checked_targets(logits, labels, method, temperature, off=alpha, on=1.0 - alpha)
 
 
 # --------------------------------------------------------------------------- the loss
@@ -239,50 +295,18 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
     return torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
 
 
-# The CPU log-softmax kernel is several times slower along a short last dimension (K < 16)
-# than along the first dimension of the transposed view; results are identical.
-_SHORT_ROWS = 16
+def _soft_target_cross_entropy(z: Tensor, weights: Tensor, per_example: bool) -> Tensor:
+    """``sum_k weights_k log softmax(z)_k``, per example or summed over the batch.
 
-
-class _SoftTargetCrossEntropy(torch.autograd.Function):
-    """``-scale * sum_k q_k log softmax(z)_k``, per example or summed, with a fused backward.
-
-    The backward is ``scale * (softmax(z) - q)``, computed by PyTorch's own vectorised
-    log-softmax backward kernel: the composite autograd graph of log_softmax/mul/sum costs
-    several small kernels more on every step.
+    Plain autograd: its backward is PyTorch's fused log-softmax backward applied to
+    ``weights`` (times the upstream gradient), which for ``weights = -c q`` with rows of q
+    summing to 1 is the closed form ``c (softmax(z) - q)``; it differentiates twice too
+    (input-gradient penalties, Hessian-vector products).
     """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, scale: float, per_example: bool) -> Tensor:  # type: ignore[override]
-        transposed = logits.shape[1] < _SHORT_ROWS and logits.device.type == "cpu"
-        saved = logits.t().log_softmax(dim=0) if transposed else logits.log_softmax(dim=1)
-        ctx.transposed, ctx.scale, ctx.per_example = transposed, scale, per_example
-        ctx.save_for_backward(saved, targets, logits)
-        # Products are taken in the saved layout: reshaping a transposed view would copy it.
-        aligned = targets.t() if transposed else targets
-        if per_example:
-            return torch.mul(aligned, saved).sum(dim=0 if transposed else 1).mul_(-scale)
-        if transposed:
-            return torch.mul(aligned, saved).sum().mul_(-scale)
-        return torch.dot(targets.view(-1), saved.view(-1)).mul_(-scale)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        saved, targets, logits = ctx.saved_tensors
-        weight = grad_output[:, None] if ctx.per_example else grad_output
-        if torch.is_grad_enabled():
-            # create_graph=True (input-gradient penalties, Hessian-vector products): the same
-            # closed form from differentiable ops on the logits, so second derivatives are right.
-            return (logits.softmax(dim=1) - targets) * (weight * ctx.scale), None, None, None
-        # d/dz of -sum_k w_k log p_k is w - p * sum(w); with w = scale * g * q and sum(q) = 1
-        # this is scale * g * (p - q), the closed form.
-        if ctx.transposed:
-            # Short rows: exp/sub/mul in the saved layout beat the kernel's strided copy.
-            grad = saved.exp().sub_(targets.t()).mul_(weight.t() * ctx.scale).t()
-            return grad, None, None, None
-        weighted = targets * (weight * -ctx.scale)
-        grad = torch._log_softmax_backward_data(weighted, saved, 1, saved.dtype)
-        return grad, None, None, None
+    log_p = z.log_softmax(dim=1)
+    if per_example:
+        return torch.mul(weights, log_p).sum(dim=1)
+    return torch.dot(weights.reshape(-1), log_p.reshape(-1))
 
 
 def _smoothed_ce_unchecked(
@@ -294,32 +318,26 @@ def _smoothed_ce_unchecked(
     reduction: str,
 ) -> Tensor:
     _check_inputs(logits, labels)
-    labels = labels.long()
-    dtype = _compute_dtype(logits)
+    z = logits.to(_compute_dtype(logits))
+    n = z.shape[0]
+    # -sum_k q_k log p_k: the minus sign and the mean's 1/N are folded into the targets.
+    c = -1.0 / n if (reduction == "mean" and n) else -1.0
     # Targets come from detached logits, so no graph is built for them (no_grad not needed).
-    z = logits.detach().to(dtype)
-    r = (
-        _checked_custom(method, z, labels)
-        if callable(method)
-        else _DISTRIBUTIONS[method](z, labels, temperature)
-    )
-    true_class = labels.unsqueeze(1)
-    q = r.mul_(alpha).scatter_add_(1, true_class, r.new_full((r.shape[0], 1), 1.0 - alpha))
-    n = logits.shape[0]
-    scale = 1.0 / n if (reduction == "mean" and n) else 1.0
-    # Contiguous logits: q inherits their layout, and the fused function flattens both.
-    inputs = (logits.to(dtype).contiguous(), q.contiguous(), scale, reduction == "none")
-    if torch.is_autocast_enabled(logits.device.type):
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            loss = _SoftTargetCrossEntropy.apply(*inputs)
+    true_class = labels.long()[:, None]
+    weights = _targets(z.detach(), true_class, method, temperature, c * alpha, c * (1 - alpha))
+    per_example = reduction == "none"
+    if torch.is_autocast_enabled(z.device.type):
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            loss = _soft_target_cross_entropy(z, weights, per_example)
     else:  # entering the autocast context costs more than a small loss itself
-        loss = _SoftTargetCrossEntropy.apply(*inputs)
+        loss = _soft_target_cross_entropy(z, weights, per_example)
     # The loss is finite whenever the logits are; only look closer when it is not. (One
     # scalar read: torch.isfinite is a composite of several kernels.)
     value = loss.detach()
     if not math.isfinite(float(value if value.dim() == 0 else value.sum())):
         _raise_if_not_finite(logits)
-        raise ValueError("the smoothed cross-entropy is not finite although the logits are")
+        # Finite logits so large that log-softmax overflows (a diverging run, typically).
+        raise NonFiniteLossError("the smoothed cross-entropy is not finite although the logits are")
     return loss
 
 

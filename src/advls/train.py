@@ -24,14 +24,27 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor, nn
 
 from advls import data as datasets
-from advls.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from advls.checkpoint import (
+    Schedule,
+    TrainingState,
+    resume_training_state,
+    save_training_state,
+)
 from advls.defences import AdversarialTraining
-from advls.losses import METHODS, SmoothedCrossEntropy
+from advls.losses import (
+    ALIASES,
+    METHODS,
+    NonFiniteLogitsError,
+    NonFiniteLossError,
+    SmoothedCrossEntropy,
+    canonical_method,
+)
 from advls.models import MODELS, create
 
 __all__ = [
     "LOSSES",
     "PRESETS",
+    "NonFiniteLogitsError",
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
@@ -61,8 +74,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+_ABBREVIATIONS = {method: alias for alias, method in ALIASES.items() if alias.isalpha()}
+_LOSS_HELP = "ce, or a smoothing method: " + ", ".join(
+    f"{method} ({_ABBREVIATIONS[method]})" if method in _ABBREVIATIONS else method
+    for method in METHODS
+)
 
 
 class TrainConfig(BaseModel):
@@ -70,30 +86,57 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dataset: str = "mnist"
-    model: str = "lenet-mnist"
-    loss: str = "adversarial"
-    alpha: float = Field(0.1, ge=0.0, le=1.0)
-    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0.0, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0.0, allow_inf_nan=False)
-    schedule: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    # Each description is also the field's help on the command line (``advls train``).
+    dataset: str = Field(
+        "mnist", description=f"{', '.join(datasets.REGISTRY)}, or a path to a .npz with x and y"
+    )
+    model: str = Field("lenet-mnist", description=", ".join(MODELS))
+    loss: str = Field("adversarial", description=_LOSS_HELP)
+    alpha: float = Field(
+        0.1, ge=0.0, le=1.0, description="Smoothing strength in [0, 1] (ignored for ce)"
+    )
+    temperature: float = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="Boltzmann temperature T > 0"
+    )
+    epochs: int = Field(10, ge=1, description="Number of epochs")
+    batch_size: int = Field(128, ge=1, description="Mini-batch size")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="sgd or adam")
+    lr: float = Field(0.05, gt=0.0, allow_inf_nan=False, description="Learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    nesterov: bool = Field(True, description="SGD: Nesterov momentum")
+    weight_decay: float = Field(5e-4, ge=0.0, allow_inf_nan=False, description="Weight decay")
+    schedule: Literal["none", "cosine", "step", "plateau"] = Field(
+        "cosine", description="none, cosine, step or plateau"
+    )
     step_epochs: int = Field(30, ge=1, description="step schedule: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/plateau decay factor")
-    augment: Literal["auto", "none", "crop-flip"] = "auto"
-    train_subset: int | None = Field(None, ge=1, description="use the first N training images")
-    defence: Literal["none", "fgsm-at", "pgd-at"] = "none"
-    defence_eps: float = Field(0.1, gt=0.0, le=1.0, description="adversarial-training budget")
-    defence_beta: float = Field(0.5, ge=0.0, le=1.0, description="fgsm-at weight of the clean loss")
-    defence_steps: int = Field(7, ge=1, description="pgd-at steps")
-    defence_step_size: float | None = Field(None, gt=0.0, description="pgd-at step (2.5 eps/steps)")
-    seed: int = 0
-    preset: Literal["default", "paper"] = "default"
+    augment: Literal["auto", "none", "crop-flip"] = Field(
+        "auto",
+        description="auto, none or crop-flip (auto: crop-flip for colour images except SVHN)",
+    )
+    train_subset: int | None = Field(
+        None, ge=1, description="Train on the first N training images only"
+    )
+    defence: Literal["none", "fgsm-at", "pgd-at"] = Field(
+        "none", description="Adversarial training: none, fgsm-at (Goodfellow) or pgd-at (Madry)"
+    )
+    defence_eps: float = Field(0.1, gt=0.0, le=1.0, description="Adversarial-training L-inf budget")
+    defence_beta: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="fgsm-at: weight of the clean loss (1 - beta on FGSM inputs)",
+    )
+    defence_steps: int = Field(7, ge=1, description="pgd-at: PGD steps per batch")
+    defence_step_size: float | None = Field(
+        None, gt=0.0, description="pgd-at: PGD step size (default 2.5 eps / steps)"
+    )
+    seed: int = Field(0, description="Seed: the same seed gives identical weights on CPU")
+    preset: Literal["default", "paper"] = Field(
+        "default",
+        description="default (SGD+Nesterov, lr 0.05, cosine) or paper (the authors' plain SGD, "
+        "lr 1e-4, batch 100, plateau). Explicit options override it",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -113,16 +156,12 @@ class TrainConfig(BaseModel):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, value: str) -> str:
-        aliases = {
-            "sls": "standard",
-            "als": "adversarial",
-            "bls": "boltzmann",
-            "sbls": "second_best",
-        }
-        value = aliases.get(value.lower(), value.lower().replace("-", "_"))
-        if value not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}")
-        return value
+        if value.lower() == "ce":
+            return "ce"
+        try:
+            return canonical_method(value)
+        except ValueError:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}") from None
 
     @model_validator(mode="before")
     @classmethod
@@ -207,7 +246,7 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
 def _make_schedule(
     config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+) -> Schedule | None:
     total = config.epochs * steps_per_epoch
     if config.schedule == "cosine":
         # Stepped every iteration: with few epochs a per-epoch cosine is a staircase.
@@ -303,7 +342,9 @@ def train_epoch(
     Returns the mean training loss and the training accuracy.
 
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite (the parameters may be damaged).
+        NonFiniteLossError: the loss became NaN or infinite (the parameters may be damaged);
+            a :class:`NonFiniteLogitsError` when the smoothed loss met non-finite logits.
+        ValueError: the loss refused its inputs otherwise (labels out of range, ...).
     """
     device = images.device
     model.train()
@@ -324,8 +365,8 @@ def train_epoch(
                     loss = criterion(logits.float(), y)
                 else:
                     loss, logits = defence.loss(model, x, y, lambda z, t: criterion(z.float(), t))
-        except ValueError as error:  # the smoothed loss refuses non-finite logits
-            raise NonFiniteLossError(f"step {step + 1}: {error}") from None
+        except NonFiniteLossError as error:  # the smoothed loss refuses non-finite logits
+            raise type(error)(f"step {step + 1}: {error}") from None  # same class, with the step
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -341,61 +382,6 @@ def train_epoch(
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError("the loss is not finite")
     return mean_loss, float(correct) / images.shape[0]
-
-
-# --------------------------------------------------------------------------- state
-def _rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
-    state = {"rng.torch": torch.get_rng_state(), "rng.shuffle": generator.get_state()}
-    if device.type == "cuda":
-        state["rng.cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(
-    state: dict[str, Tensor], generator: torch.Generator, device: torch.device
-) -> None:
-    torch.set_rng_state(state["rng.torch"])
-    generator.set_state(state["rng.shuffle"])
-    if device.type == "cuda" and "rng.cuda" in state:
-        torch.cuda.set_rng_state(state["rng.cuda"], device)
-
-
-def _optimizer_tensors(
-    optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Split an optimizer's state into safetensors-able tensors and a JSON skeleton."""
-    state_dict = optimizer.state_dict()
-    tensors: dict[str, Tensor] = {}
-    skeleton: dict[str, dict[str, Any]] = {}
-    for index, slots in state_dict["state"].items():
-        skeleton[str(index)] = {}
-        for slot, value in slots.items():
-            if isinstance(value, Tensor):
-                tensors[f"optim.{index}.{slot}"] = value
-                skeleton[str(index)][slot] = {"tensor": f"optim.{index}.{slot}"}
-            else:
-                skeleton[str(index)][slot] = {"value": value}
-    return tensors, {"state": skeleton, "param_groups": state_dict["param_groups"]}
-
-
-def _load_optimizer(
-    optimizer: torch.optim.Optimizer, skeleton: dict[str, Any], tensors: dict[str, Tensor]
-) -> None:
-    state = {
-        int(index): {
-            slot: tensors[entry["tensor"]] if "tensor" in entry else entry["value"]
-            for slot, entry in slots.items()
-        }
-        for index, slots in skeleton["state"].items()
-    }
-    optimizer.load_state_dict({"state": state, "param_groups": skeleton["param_groups"]})
-
-
-def _schedule_state(schedule: Any) -> dict[str, Any] | None:
-    if schedule is None:
-        return None
-    # LambdaLR keeps its (unpicklable) lambdas under lr_lambdas; they are rebuilt from the config.
-    return {k: v for k, v in schedule.state_dict().items() if k != "lr_lambdas"}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -418,7 +404,8 @@ def train(
     ``channels_last`` apply on CUDA only; CPU runs are float32 and deterministic.
 
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite; the last checkpoint is kept.
+        NonFiniteLossError: the loss became NaN or infinite; the last checkpoint is kept. It
+            is the subclass :class:`NonFiniteLogitsError` when the logits already were.
         ValueError: the run directory holds a different run, or bad arguments.
     """
     device = resolve_device(device)
@@ -455,12 +442,10 @@ def train(
     augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
     defence = _make_defence(config, augment_generator)
 
-    history: list[dict[str, float]] = []
-    start_epoch = 0
+    state = TrainingState(model, optimizer, schedule, generator, augment_generator, device)
     if run_dir is not None:
-        start_epoch, history = _resume(
-            Path(run_dir), config, model, optimizer, schedule, generator, augment_generator, device
-        )
+        resume_training_state(run_dir, state, config.identity())
+    start_epoch = state.epoch
     say = log or (lambda message: None)
     if start_epoch:
         say(f"resuming from epoch {start_epoch} of {config.epochs} in {run_dir}")
@@ -468,7 +453,7 @@ def train(
     # The whole data set lives on the device as uint8; batches are cut from it directly.
     train_images, train_labels = train_set.images.to(device), train_set.labels.to(device)
     test_images, test_labels = test_set.images.to(device), test_set.labels.to(device)
-    meta_base = {"config": config.identity(), "model": model_spec, "augment": augment}
+    description = {"config": config.identity(), "model": model_spec, "augment": augment}
 
     with _progress_bar(progress, config.epochs, steps_per_epoch, start_epoch) as advance:
         for epoch in range(start_epoch, config.epochs):
@@ -491,10 +476,12 @@ def train(
                 )
             except NonFiniteLossError as error:
                 kept = f"; the last good checkpoint in {run_dir} is kept" if run_dir else ""
-                raise NonFiniteLossError(
+                # The same class (logits or loss), so callers and the sweep's record can tell
+                # which diverged; both are NonFiniteLossError.
+                raise type(error)(
                     f"training stopped at epoch {epoch + 1}, {error}{kept}. "
                     "Lower the learning rate or check the data."
-                ) from None
+                ) from error
             if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 schedule.step(train_loss)
             record = {
@@ -507,7 +494,8 @@ def train(
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
             }
-            history.append(record)
+            state.history.append(record)
+            state.epoch = epoch + 1
             say(
                 f"epoch {epoch + 1}/{config.epochs}  loss {record['train_loss']:.4f}  "
                 f"train acc {record['train_accuracy']:.4f}  "
@@ -515,20 +503,10 @@ def train(
                 f"({record['seconds']:.1f} s)"
             )
             if run_dir is not None:
-                _save(
-                    Path(run_dir),
-                    epoch + 1,
-                    model,
-                    optimizer,
-                    schedule,
-                    generator,
-                    augment_generator,
-                    device,
-                    meta_base,
-                    history,
-                )
+                save_training_state(run_dir, state, description)
     model.eval()
-    return TrainResult(model, history, Path(run_dir) if run_dir is not None else None, start_epoch)
+    run_path = Path(run_dir) if run_dir is not None else None
+    return TrainResult(model, state.history, run_path, start_epoch)
 
 
 def _subset(dataset: datasets.ImageDataset, count: int) -> datasets.ImageDataset:
@@ -545,70 +523,6 @@ def _subset(dataset: datasets.ImageDataset, count: int) -> datasets.ImageDataset
         mean=dataset.mean,
         std=dataset.std,
     )
-
-
-def _save(
-    run_dir: Path,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    generator: torch.Generator,
-    augment_generator: torch.Generator,
-    device: torch.device,
-    meta_base: dict[str, Any],
-    history: list[dict[str, float]],
-) -> None:
-    optim_tensors, optim_skeleton = _optimizer_tensors(optimizer)
-    train_state = {
-        **optim_tensors,
-        **_rng_state(generator, device),
-        "rng.augment": augment_generator.get_state(),
-    }
-    meta = {
-        **meta_base,
-        "optimizer": optim_skeleton,
-        "schedule": _schedule_state(schedule),
-        "history": history,
-        "metrics": history[-1],
-    }
-    write_checkpoint(run_dir, epoch, model.state_dict(), train_state, meta)
-
-
-def _resume(
-    run_dir: Path,
-    config: TrainConfig,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    generator: torch.Generator,
-    augment_generator: torch.Generator,
-    device: torch.device,
-) -> tuple[int, list[dict[str, float]]]:
-    if not (run_dir / "checkpoint.json").exists():
-        return 0, []
-    checkpoint = read_checkpoint(run_dir)
-    if checkpoint.config != config.identity():
-        changed = sorted(
-            key
-            for key in set(checkpoint.config) | set(config.identity())
-            if checkpoint.config.get(key) != config.identity().get(key)
-        )
-        raise ValueError(
-            f"{run_dir} holds a run with a different configuration "
-            f"(differs in: {', '.join(changed)}); choose another output directory"
-        )
-    try:
-        model.load_state_dict(checkpoint.model_state)
-        _load_optimizer(optimizer, checkpoint.meta["optimizer"], checkpoint.train_state)
-        if schedule is not None and checkpoint.meta.get("schedule") is not None:
-            schedule.load_state_dict({**schedule.state_dict(), **checkpoint.meta["schedule"]})
-        _set_rng_state(checkpoint.train_state, generator, device)
-        augment_generator.set_state(checkpoint.train_state["rng.augment"])
-        history = list(checkpoint.meta["history"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"cannot resume from {run_dir}: {error!r}") from None
-    return checkpoint.epoch, history
 
 
 @contextlib.contextmanager

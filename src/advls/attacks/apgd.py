@@ -35,26 +35,14 @@ knows which examples it fooled.)
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from advls.attacks.base import (
-    AttackResult,
-    CountingModel,
-    LossFn,
-    Norm,
-    attack_loss,
-    check_batch,
-    check_eps,
-    check_int,
-    check_norm,
-    check_steps,
-    eval_mode,
-    make_result,
-)
-from advls.attacks.iterative import _per_example, _random_start
+from advls.attacks.core import register
+from advls.attacks.geometry import Geometry, Norm, geometry, per_example
+from advls.attacks.objectives import LossFn, attack_loss
+from advls.attacks.restarts import restart
+from advls.attacks.validation import check_fraction, make_generator
 
 __all__ = ["apgd"]
 
@@ -70,7 +58,6 @@ def _checkpoints(steps: int) -> tuple[int, ...]:
     0.41000000000000003, whose ceiling at 100 steps would be 42). Repeated values (few
     steps) are kept once. For 100 steps: 0, 22, 41, 57, 70, 80, 87, 93, 99.
     """
-    steps = check_steps(steps)
     fractions = [0, 22]  # hundredths
     while True:
         step = max(fractions[-1] - fractions[-2] - 3, 6)
@@ -85,54 +72,18 @@ def _checkpoints(steps: int) -> tuple[int, ...]:
     return tuple(points)
 
 
-def _check_rho(rho: float) -> float:
-    bad = (
-        isinstance(rho, bool)
-        or not isinstance(rho, int | float)
-        or not math.isfinite(rho)
-        or not 0.0 < rho < 1.0
-    )
-    if bad:
-        raise ValueError(f"rho must be a finite number in (0, 1), got {rho!r}")
-    return float(rho)
-
-
 def _evaluate(
     model: nn.Module, x: Tensor, y: Tensor, objective: LossFn, *, gradient: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Per-example loss, its input gradient (if asked; a fresh contiguous tensor) and whether
     the model misclassifies ``x``: one forward (and backward) pass."""
-    if gradient:
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            logits = model(leaf)
-            loss = objective(logits, y)
-            _check_loss(loss, x)
-            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    with torch.enable_grad() if gradient else torch.no_grad():
+        leaf = x.detach().requires_grad_(gradient)
+        logits = model(leaf)
+        loss = objective(logits, y)
         # An expanded gradient (an input the loss ignores) cannot be updated in place.
-        grad = grad if grad.is_contiguous() else grad.contiguous()
-    else:
-        with torch.no_grad():
-            logits = model(x)
-            loss = objective(logits, y)
-            _check_loss(loss, x)
-        grad = None
-    logits = logits.detach()
-    return loss.detach(), grad, logits.argmax(dim=1) != y
-
-
-def _check_loss(loss: object, x: Tensor) -> None:
-    if not isinstance(loss, Tensor) or loss.shape != (x.shape[0],):
-        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"the loss must be per example, of shape ({x.shape[0]},), got {shape}")
-
-
-def _project_l2_(point: Tensor, x: Tensor, eps: float) -> Tensor:
-    """In place: radially onto the L2 ball around ``x``, then into [0, 1] (see project_l2)."""
-    delta = point.sub_(x)
-    size = delta.flatten(1).norm(p=2, dim=1).clamp_min_(1e-12)
-    factor = (eps / size).clamp_(max=1.0)
-    return delta.mul_(_per_example(factor, delta)).add_(x).clamp_(0.0, 1.0)
+        grad = torch.autograd.grad(loss.sum(), leaf)[0].contiguous() if gradient else None
+    return loss.detach(), grad, logits.detach().argmax(dim=1) != y
 
 
 def _run(
@@ -141,8 +92,8 @@ def _run(
     y: Tensor,
     start: Tensor,
     *,
+    ball: Geometry,
     eps: float,
-    norm: Norm,
     steps: int,
     rho: float,
     objective: LossFn,
@@ -157,14 +108,7 @@ def _run(
     n = x.shape[0]
     checks = set(_checkpoints(steps)[1:])
     eta = torch.full((n,), 2.0 * eps, dtype=x.dtype, device=x.device)
-    if norm == "linf":
-        low = (x - eps).clamp_(min=0.0)
-        high = (x + eps).clamp_(max=1.0)
-
-    def project_(point: Tensor) -> Tensor:
-        if norm == "linf":
-            return point.clamp_(low, high)
-        return _project_l2_(point, x, eps)
+    project_ = ball.projection(x, eps)
 
     current = start
     loss, grad, fooled = _evaluate(model, current, y, objective, gradient=True)
@@ -185,7 +129,7 @@ def _run(
             halve = increases < rho * (k - last_check)
             halve |= ~halved_at_check & (best <= best_at_check)
             eta = torch.where(halve, eta * 0.5, eta)
-            restart = _per_example(halve, current)
+            restart = per_example(halve, current)
             current = torch.where(restart, chosen, current)
             previous = torch.where(restart, chosen, previous)  # restarts carry no momentum
             grad = torch.where(restart, chosen_grad, grad)
@@ -195,11 +139,7 @@ def _run(
             increases.zero_()
             last_check = k
         # z = P(x + eta * s(grad)), built in the gradient's buffer.
-        if norm == "linf":
-            z = grad.sign_().mul_(_per_example(eta, grad)).add_(current)
-        else:
-            size = grad.flatten(1).norm(p=2, dim=1).clamp_min_(1e-12)
-            z = grad.mul_(_per_example(eta / size, grad)).add_(current)
+        z = ball.direction_(grad).mul_(per_example(eta, grad)).add_(current)
         z = project_(z)
         if previous is None:
             following = z
@@ -219,7 +159,7 @@ def _run(
         previous_loss = loss
         improved = loss > best
         best = torch.where(improved, loss, best)
-        take = _per_example(~fooled & (improved | fooled_now), current)
+        take = per_example(~fooled & (improved | fooled_now), current)
         torch.where(take, current, chosen, out=chosen)
         if grad is not None:
             torch.where(take, grad, chosen_grad, out=chosen_grad)
@@ -227,20 +167,21 @@ def _run(
     return chosen, fooled, best
 
 
+@register("apgd", norms=("linf", "l2"))
 def apgd(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
     eps: float,
+    loss: str | LossFn = "ce",
     norm: Norm = "linf",
     steps: int = 100,
-    loss: str | LossFn = "ce",
     restarts: int = 1,
     rho: float = 0.75,
     smoothing: dict | None = None,
-    seed: int | None = None,
-) -> AttackResult:
+    seed: int | torch.Generator | None = None,
+) -> Tensor:
     """APGD (Croce & Hein 2020): PGD with momentum and a step size it adapts by itself.
 
     See the module docstring for the algorithm. Each run starts at a uniform random point of
@@ -248,65 +189,26 @@ def apgd(
 
     Args:
         eps: budget in [0, 1] pixel units (at most 1 for L-inf).
-        norm: ``linf`` (sign steps) or ``l2`` (unit-gradient steps).
-        steps: iterations per run (the paper uses 100).
         loss: ``ce``, ``dlr`` (APGD-DLR: invariant to shifting and scaling the logits),
             ``margin``, ``smoothed`` or a callable (see ``attack_loss``).
+        norm: ``linf`` (sign steps) or ``l2`` (unit-gradient steps).
+        steps: iterations per run (the paper uses 100).
         restarts: number of runs (>= 1); later runs attack only the examples not yet fooled.
         rho: the fraction of loss-raising steps below which the step size is halved, in
             (0, 1); the paper's 0.75.
-        smoothing: for ``loss="smoothed"``: ``{"method": ..., "alpha": ..., "temperature": ...}``.
-        seed: seeds a private generator on the input's device, so the result is reproducible
-            and the global RNG is left alone; ``None`` draws from the global RNG.
 
     ``model_calls``: ``steps + 2`` for one run, ``R * (steps + 1) + 1`` for ``R`` runs, or
     ``r * (steps + 1) + 1`` when all examples were fooled after ``r < restarts`` runs.
     """
-    norm = check_norm(norm)
-    eps = check_eps(eps, norm)
-    steps = check_steps(steps)
-    restarts = check_int(restarts, "restarts")
-    rho = _check_rho(rho)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed must be an integer or None, got {seed!r}")
+    rho = check_fraction(rho, "rho")
     objective = attack_loss(loss, **(smoothing or {}))
-    with eval_mode(model):
-        check_batch(x, y)
-        counted = CountingModel(model, labels=y)
-        x0 = x.detach()
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=x0.device).manual_seed(seed)
-        x_adv = x0  # replaced by the first run's output
-        fooled = best = None
-        todo: Tensor | None = None  # indices still to attack; None means the whole batch
-        for run in range(restarts):
-            xs, ys = (x0, y) if todo is None else (x0[todo], y[todo])
-            start = _random_start(xs, eps, norm, generator)
-            found, fooled_run, best_run = _run(
-                counted,
-                xs,
-                ys,
-                start,
-                eps=eps,
-                norm=norm,
-                steps=steps,
-                rho=rho,
-                objective=objective,
-            )
-            if todo is None:
-                x_adv, fooled, best = found, fooled_run, best_run
-            else:
-                assert fooled is not None and best is not None
-                # None of these was fooled before: keep the new point if it fools the model
-                # or raises the loss.
-                better = fooled_run | (best_run > best[todo])
-                x_adv[todo] = torch.where(_per_example(better, found), found, x_adv[todo])
-                best[todo] = torch.where(better, best_run, best[todo])
-                fooled[todo] = fooled_run
-            if run == restarts - 1:
-                break
-            todo = (~fooled).nonzero().squeeze(1)  # between runs: a host sync is fine
-            if todo.numel() == 0:
-                break
-        return make_result(counted, x0, x_adv, y)
+    ball = geometry(norm)
+    generator = make_generator(seed, x.device)
+
+    def run(xs: Tensor, ys: Tensor, last: bool) -> tuple[Tensor, Tensor, Tensor]:
+        start = ball.random_start(xs, eps, generator)
+        return _run(
+            model, xs, ys, start, ball=ball, eps=eps, steps=steps, rho=rho, objective=objective
+        )
+
+    return restart(run, x, y, restarts)

@@ -24,16 +24,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from advls.attacks.base import (
-    AttackResult,
-    CountingModel,
-    _margin,
-    check_attack_inputs,
-    check_number,
-    check_steps,
-    eval_mode,
-    make_result,
-)
+from advls.attacks.core import CountingModel, register
+from advls.attacks.geometry import per_example
+from advls.attacks.objectives import margin
+from advls.attacks.validation import check_number
 
 __all__ = ["cw_l2"]
 
@@ -42,22 +36,23 @@ _SQUEEZE = 1.0 - 1e-6
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 
 
+@register("cw_l2", norms=("l2",))
 def cw_l2(
-    model: nn.Module,
+    model: CountingModel,
     x: Tensor,
     y: Tensor,
     *,
-    binary_steps: int = 9,
+    binary_search_steps: int = 9,
     steps: int = 1000,
     lr: float = 0.01,
     initial_const: float = 1e-3,
     confidence: float = 0.0,
     abort_early: bool = True,
-) -> AttackResult:
+) -> tuple[Tensor, Tensor]:
     """Carlini-Wagner L2 with a per-example binary search over ``c``.
 
     Args:
-        binary_steps: rounds of the search over ``c``; each restarts Adam from ``x``. After a
+        binary_search_steps: rounds of the search over ``c``; each restarts Adam from ``x``. After a
             round an example that became adversarial (with the ``confidence`` margin) sets
             its upper bound to ``c``, otherwise its lower bound; ``c`` then moves to the
             midpoint, or grows tenfold while no upper bound is known.
@@ -75,44 +70,36 @@ def cw_l2(
         misclassified (``success`` True, ``l2`` 0). ``model_calls`` counts the clean
         prediction, one per iteration (forward + backward) and the final scoring.
     """
-    binary_steps = check_steps(binary_steps, "binary_steps")
-    steps = check_steps(steps)
     lr = check_number(lr, "lr", positive=True)
     initial_const = check_number(initial_const, "initial_const", positive=True)
     confidence = check_number(confidence, "confidence", positive=False)
-    if not isinstance(abort_early, bool):
-        raise ValueError(f"abort_early must be a bool, got {abort_early!r}")
 
-    with eval_mode(model):
-        counted = CountingModel(model)
-        clean = check_attack_inputs(counted, x, y)
-        if clean.shape[1] < 2:
-            raise ValueError("the model must return logits for at least 2 classes")
-        x = x.detach()
-        y = y.long()
-        with torch.enable_grad():
-            best, found = _search(
-                counted,
-                x,
-                y,
-                clean,
-                binary_steps=binary_steps,
-                steps=steps,
-                lr=lr,
-                initial_const=initial_const,
-                confidence=confidence,
-                abort_early=abort_early,
-            )
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        x_adv = torch.where(found.view(shape), best.to(x.dtype), x).clamp_(0.0, 1.0)
-        result = make_result(counted, x, x_adv, y)
-        # A point judged adversarial in the loop but not by the final forward pass (a tie on
-        # the decision boundary) goes back to the original input, as every failure does.
-        lost = found & ~result.success
-        if bool(lost.any()):
-            x_adv = torch.where(lost.view(shape), x, x_adv)
-            result = make_result(counted, x, x_adv, y)
-        return result
+    with torch.no_grad():
+        clean = model(x)
+    if clean.shape[1] < 2:
+        raise ValueError("the model must return logits for at least 2 classes")
+    with torch.enable_grad():
+        best, found = _search(
+            model,
+            x,
+            y,
+            clean,
+            binary_search_steps=binary_search_steps,
+            steps=steps,
+            lr=lr,
+            initial_const=initial_const,
+            confidence=confidence,
+            abort_early=abort_early,
+        )
+    x_adv = torch.where(per_example(found, x), best.to(x.dtype), x).clamp_(0.0, 1.0)
+    with torch.no_grad():
+        logits = model(x_adv)
+    # A point judged adversarial in the loop but not by this forward pass (a tie on the
+    # decision boundary) goes back to the original input, as every failure does.
+    lost = found & (logits.argmax(dim=1) == y)
+    if bool(lost.any()):
+        return torch.where(per_example(lost, x), x, x_adv)  # the contract scores it again
+    return x_adv, logits
 
 
 def _search(
@@ -121,7 +108,7 @@ def _search(
     y: Tensor,
     clean: Tensor,
     *,
-    binary_steps: int,
+    binary_search_steps: int,
     steps: int,
     lr: float,
     initial_const: float,
@@ -132,7 +119,6 @@ def _search(
     n = x.shape[0]
     dtype = torch.promote_types(x.dtype, torch.float32)  # the squeeze needs >= float32
     device = x.device
-    shape = (-1,) + (1,) * (x.dim() - 1)
     xw = x.to(dtype)
 
     w_start = torch.atanh((2.0 * xw - 1.0) * _SQUEEZE)
@@ -155,8 +141,8 @@ def _search(
     upper = torch.full((n,), math.inf, dtype=dtype, device=device)
     check_every = math.ceil(steps / 10)
 
-    for round_ in range(binary_steps):
-        if round_ == binary_steps - 1 and binary_steps >= 10:
+    for round_ in range(binary_search_steps):
+        if round_ == binary_search_steps - 1 and binary_search_steps >= 10:
             consts = upper.clamp(max=1e10)  # foolbox/CW: repeat the best bound last
         w = w_start.clone().requires_grad_(True)
         m = torch.zeros_like(w_start)
@@ -167,7 +153,7 @@ def _search(
         for step in range(steps):
             x_adv = (torch.tanh(w) + 1.0) / 2.0
             logits = model(x_adv.to(x.dtype))
-            hinge = (confidence - _margin(logits, y)).clamp_min(0.0)
+            hinge = (confidence - margin(logits, y)).clamp_min(0.0)
             distance = (x_adv - x_start).square().flatten(1).sum(dim=1)
             loss = (distance + consts * hinge).sum()
             (grad,) = torch.autograd.grad(loss, w)
@@ -177,7 +163,7 @@ def _search(
                 found |= success
                 l2 = (x_adv.detach() - xw).flatten(1).norm(p=2, dim=1)
                 better = success & (l2 < best_l2)
-                best = torch.where(better.view(shape), x_adv.detach(), best)
+                best = torch.where(per_example(better, best), x_adv.detach(), best)
                 best_l2 = torch.where(better, l2, best_l2)
 
                 t = step + 1

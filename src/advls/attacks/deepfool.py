@@ -19,16 +19,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from advls.attacks.base import (
-    AttackResult,
-    CountingModel,
-    check_attack_inputs,
-    check_norm,
-    check_number,
-    check_steps,
-    eval_mode,
-    make_result,
-)
+from advls.attacks.core import register
+from advls.attacks.geometry import Norm, per_example
+from advls.attacks.validation import check_int, check_number
 
 DEEPFOOL_LOSSES: tuple[str, ...] = ("logits", "crossentropy")
 
@@ -38,15 +31,6 @@ _NORM_FLOOR = 1e-8
 _STEP_EXTRA = 1e-4
 
 
-def _check_candidates(candidates: int) -> int:
-    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 2:
-        raise ValueError(
-            "candidates must be an integer >= 2 (the true class and at least one other), "
-            f"got {candidates!r}"
-        )
-    return candidates
-
-
 def _candidate_classes(logits: Tensor, y: Tensor, candidates: int) -> Tensor:
     """``(N, candidates)``: the label first, then the most likely other classes (clean logits)."""
     others = logits.scatter(1, y[:, None], -math.inf)
@@ -54,17 +38,18 @@ def _candidate_classes(logits: Tensor, y: Tensor, candidates: int) -> Tensor:
     return torch.cat([y[:, None], top], dim=1)
 
 
+@register("deepfool", norms=("l2", "linf"))
 def deepfool(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
-    norm: str = "l2",
+    norm: Norm = "l2",
     steps: int = 50,
     candidates: int = 10,
     overshoot: float = 0.02,
     loss: str = "logits",
-) -> AttackResult:
+) -> tuple[Tensor, Tensor]:
     """Minimal untargeted perturbation by iterated linearisation (DeepFool).
 
     Args:
@@ -84,60 +69,52 @@ def deepfool(
         one forward pass per iteration (its backward passes included) and one to score the
         result.
     """
-    norm = check_norm(norm)
-    steps = check_steps(steps)
-    candidates = _check_candidates(candidates)
+    candidates = check_int(candidates, "candidates", minimum=2)  # the label and another
     overshoot = check_number(overshoot, "overshoot")
     if loss not in DEEPFOOL_LOSSES:
         raise ValueError(f"loss must be one of {', '.join(DEEPFOOL_LOSSES)}, got {loss!r}")
 
-    with eval_mode(model):
-        counted = CountingModel(model)
-        clean_logits = check_attack_inputs(counted, x, y)
-        num_classes = clean_logits.shape[1]
-        if num_classes < 2:
-            raise ValueError(f"DeepFool needs a model with at least 2 classes, got {num_classes}")
-        candidates = min(candidates, num_classes)
-
-        x0 = x.detach()
-        y = y.long()
-        classes = _candidate_classes(clean_logits, y, candidates)
-        x_adv = x0.clone()
-        r_total = torch.zeros_like(x0)
-        correct = clean_logits.argmax(dim=1) == y
-        active = correct.nonzero().squeeze(1)
-        remaining, forced = steps, False
-        while True:
-            if active.numel() and remaining:
-                remaining -= 1
-                with torch.enable_grad():  # the caller may be inside torch.no_grad()
-                    point = x_adv[active].requires_grad_(True)
-                    logits = counted(point)
-                    # Rows now misclassified leave the batch and keep their point; rows sent
-                    # back by the full-batch check below take one step regardless.
-                    still_correct = logits.argmax(dim=1) == y[active]
-                    keep = torch.ones_like(still_correct) if forced else still_correct
-                    keep = keep.nonzero().squeeze(1)
-                    forced = False
-                    if keep.numel():
-                        scores = logits.log_softmax(dim=1) if loss == "crossentropy" else logits
-                        step = _linearised_step(point, scores, classes[active[keep]], keep, norm)
-                active = active[keep]
-                if active.numel():
-                    r_total[active] += step
-                    x_adv[active] = (x0[active] + (1.0 + overshoot) * r_total[active]).clamp_(
-                        0.0, 1.0
-                    )
-                continue
-            # The loop judged subsets of the batch; CPU kernels round differently at other
-            # batch sizes, so a point on the boundary can flip back. Score the whole batch and
-            # push such points on while steps remain.
-            with torch.no_grad():
-                final = counted(x_adv)
-            active = (correct & (final.argmax(dim=1) == y)).nonzero().squeeze(1)
-            if active.numel() == 0 or remaining == 0:
-                return make_result(counted, x0, x_adv, y, logits=final)
-            forced = True
+    with torch.no_grad():
+        clean_logits = model(x)
+    num_classes = clean_logits.shape[1]
+    if num_classes < 2:
+        raise ValueError(f"DeepFool needs a model with at least 2 classes, got {num_classes}")
+    candidates = min(candidates, num_classes)
+    classes = _candidate_classes(clean_logits, y, candidates)
+    x_adv = x.clone()
+    r_total = torch.zeros_like(x)
+    correct = clean_logits.argmax(dim=1) == y
+    active = correct.nonzero().squeeze(1)
+    remaining, forced = steps, False
+    while True:
+        if active.numel() and remaining:
+            remaining -= 1
+            with torch.enable_grad():  # the caller may be inside torch.no_grad()
+                point = x_adv[active].requires_grad_(True)
+                logits = model(point)
+                # Rows now misclassified leave the batch and keep their point; rows sent
+                # back by the full-batch check below take one step regardless.
+                still_correct = logits.argmax(dim=1) == y[active]
+                keep = torch.ones_like(still_correct) if forced else still_correct
+                keep = keep.nonzero().squeeze(1)
+                forced = False
+                if keep.numel():
+                    scores = logits.log_softmax(dim=1) if loss == "crossentropy" else logits
+                    step = _linearised_step(point, scores, classes[active[keep]], keep, norm)
+            active = active[keep]
+            if active.numel():
+                r_total[active] += step
+                x_adv[active] = (x[active] + (1.0 + overshoot) * r_total[active]).clamp_(0.0, 1.0)
+            continue
+        # The loop judged subsets of the batch; CPU kernels round differently at other
+        # batch sizes, so a point on the boundary can flip back. Score the whole batch and
+        # push such points on while steps remain.
+        with torch.no_grad():
+            final = model(x_adv)
+        active = (correct & (final.argmax(dim=1) == y)).nonzero().squeeze(1)
+        if active.numel() == 0 or remaining == 0:
+            return x_adv, final
+        forced = True
 
 
 def _linearised_step(
@@ -152,7 +129,6 @@ def _linearised_step(
     """
     scores = scores[keep]
     true = scores.gather(1, classes[:, :1]).squeeze(1)
-    shape = (-1,) + (1,) * (point.dim() - 1)
     slots = classes.shape[1]
     best_dist = best_grad = None
     for j in range(1, slots):
@@ -167,10 +143,10 @@ def _linearised_step(
         else:
             nearer = dist < best_dist  # strict: ties go to the more likely class, like argmin
             best_dist = torch.where(nearer, dist, best_dist)
-            best_grad = torch.where(nearer.view(shape), grad, best_grad)
+            best_grad = torch.where(per_example(nearer, grad), grad, best_grad)
     assert best_dist is not None and best_grad is not None
     size = best_dist + _STEP_EXTRA
     if norm == "l2":
         length = best_grad.flatten(1).norm(p=2, dim=1) + _NORM_FLOOR
-        return (size / length).view(shape) * best_grad
-    return size.view(shape) * best_grad.sign()
+        return per_example(size / length, best_grad) * best_grad
+    return per_example(size, best_grad) * best_grad.sign()

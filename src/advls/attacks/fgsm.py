@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from advls.attacks.base import (
-    AttackResult,
-    CountingModel,
-    LossFn,
-    attack_loss,
-    check_batch,
-    check_eps,
-    eval_mode,
-    make_result,
-)
+from advls.attacks.core import register
+from advls.attacks.geometry import LINF
+from advls.attacks.gradient import ascend
+from advls.attacks.objectives import LossFn, attack_loss
+
+__all__ = ["fgsm"]
 
 
-def loss_gradient(model: nn.Module, x: Tensor, y: Tensor, loss: LossFn) -> Tensor:
-    """Gradient of the summed per-example ``loss`` with respect to the inputs."""
-    with torch.enable_grad():  # the caller may be inside torch.no_grad()
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(model(x), y).sum(), x)
-    return grad
-
-
+@register("fgsm")
 def fgsm(
     model: nn.Module,
     x: Tensor,
@@ -33,19 +21,15 @@ def fgsm(
     eps: float,
     loss: str | LossFn = "ce",
     smoothing: dict | None = None,
-) -> AttackResult:
+) -> Tensor:
     """``clip(x + eps * sign(grad_x loss(model(x), y)), 0, 1)``.
 
     Args:
         eps: L-inf budget in [0, 1] pixel units.
-        loss: ``ce``, ``margin``, ``dlr``, ``smoothed`` or a callable (see ``attack_loss``).
-        smoothing: for ``loss="smoothed"``: ``{"method": ..., "alpha": ..., "temperature": ...}``.
+
+    ``model_calls == 2`` (the gradient, then the final scoring).
     """
-    eps = check_eps(eps)
     objective = attack_loss(loss, **(smoothing or {}))
-    with eval_mode(model):
-        check_batch(x, y)
-        counted = CountingModel(model, labels=y)
-        grad = loss_gradient(counted, x, y, objective)
-        x_adv = torch.sign(grad).mul_(eps).add_(x).clamp_(0.0, 1.0)
-        return make_result(counted, x, x_adv, y)
+    return ascend(
+        model, x, y, x.clone(), geometry=LINF, eps=eps, steps=1, step_size=eps, objective=objective
+    )

@@ -29,19 +29,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from advls.attacks.base import (
-    AttackResult,
-    CountingModel,
-    _margin,
-    check_batch,
-    check_eps,
-    check_int,
-    check_number,
-    eval_mode,
-    make_result,
-)
+from advls.attacks.core import CountingModel, register
+from advls.attacks.objectives import margin
+from advls.attacks.validation import check_fraction, make_generator
 
 __all__ = ["square"]
 
@@ -59,7 +51,7 @@ def _fraction(p_init: float, iteration: int, budget: int) -> float:
 
 def _loss(logits: Tensor, y: Tensor) -> Tensor:
     """``z_y - max_{k != y} z_k``: negative once another class outscores the label."""
-    return -_margin(logits, y)
+    return -margin(logits, y)
 
 
 def _window(top: Tensor, left: Tensor, side: int, height: int, width: int) -> Tensor:
@@ -97,16 +89,17 @@ def _signs(
     return chosen.to(x.dtype).mul_(2.0).sub_(1.0)
 
 
+@register("square")
 def square(
-    model: nn.Module,
+    model: CountingModel,
     x: Tensor,
     y: Tensor,
     *,
     eps: float,
     queries: int = 1000,
     p_init: float = 0.8,
-    seed: int | None = None,
-) -> AttackResult:
+    seed: int | torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Square attack, L-inf, untargeted, margin loss (see the module docstring).
 
     Args:
@@ -116,58 +109,42 @@ def square(
             ``x_adv == x``.
         p_init: share of the image the first squares cover, in (0, 1]; halved on the
             schedule above.
-        seed: seeds a private generator on the input's device, so the result is reproducible
-            and the global RNG is left alone; ``None`` draws from the global RNG.
 
     Inputs must be images ``(N, C, H, W)``. ``model_calls``: forward passes, each over the
     examples still attacked; at most ``queries``.
     """
-    eps = check_eps(eps)
-    queries = check_int(queries, "queries")
-    p_init = check_number(p_init, "p_init", positive=True)
-    if p_init > 1:
-        raise ValueError(f"p_init must be a finite number in (0, 1], got {p_init!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"seed must be an integer or None, got {seed!r}")
-    with eval_mode(model), torch.no_grad():
-        check_batch(x, y)
-        if x.dim() != 4:
-            raise ValueError(
-                f"square needs image inputs x of shape (N, C, H, W), got {tuple(x.shape)}"
-            )
-        counted = CountingModel(model, labels=y)
-        x0 = x.detach()
-        labels = y.long()
-        logits = counted(x0).detach().clone()  # the best logits per example so far
-        x_best = x0.clone()
-        active = (logits.argmax(dim=1) == labels).nonzero().squeeze(1)
+    p_init = check_fraction(p_init, "p_init", one=True)
+    if x.dim() != 4:
+        raise ValueError(f"square needs image inputs x of shape (N, C, H, W), got {tuple(x.shape)}")
+    with torch.no_grad():
+        logits = model(x).detach().clone()  # the best logits per example so far
+        x_best = x.clone()
+        active = (logits.argmax(dim=1) == y).nonzero().squeeze(1)
         if eps == 0.0 or queries == 1 or active.numel() == 0:
-            return make_result(counted, x0, x_best, y, logits=logits)
+            return x_best, logits
 
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=x0.device).manual_seed(seed)
-        channels, height, width = x0.shape[1:]
-        options = {"generator": generator, "device": x0.device}
+        generator = make_generator(seed, x.device)
+        channels, height, width = x.shape[1:]
+        options = {"generator": generator, "device": x.device}
 
         # The stripes start: one sign per column and channel, taken whatever its loss.
-        xs = x0[active]
+        xs = x[active]
         stripes = torch.randint(0, 2, (active.numel(), channels, 1, width), **options)
-        start = (xs + stripes.to(x0.dtype).mul_(2.0).sub_(1.0).mul_(eps)).clamp_(0.0, 1.0)
-        found = counted(start)
+        start = (xs + stripes.to(x.dtype).mul_(2.0).sub_(1.0).mul_(eps)).clamp_(0.0, 1.0)
+        found = model(start)
         x_best[active] = start
         logits[active] = found
-        loss = torch.full((x0.shape[0],), math.inf, dtype=found.dtype, device=x0.device)
-        loss[active] = _loss(found, labels[active])
-        active = active[found.argmax(dim=1) == labels[active]]
+        loss = torch.full((x.shape[0],), math.inf, dtype=found.dtype, device=x.device)
+        loss[active] = _loss(found, y[active])
+        active = active[found.argmax(dim=1) == y[active]]
 
         iteration = 0
-        while counted.calls < queries and active.numel():
+        while model.calls < queries and active.numel():
             p = _fraction(p_init, iteration, queries)
             side = max(round(math.sqrt(p * height * width)), 1)
             side = min(side, height, width)
             m = active.numel()
-            xs, current = x0[active], x_best[active]
+            xs, current = x[active], x_best[active]
             top = torch.randint(0, height - side + 1, (m,), **options)
             left = torch.randint(0, width - side + 1, (m,), **options)
             mask = _window(top, left, side, height, width)
@@ -175,15 +152,15 @@ def square(
             values = (xs + eps * signs[:, :, None, None]).clamp_(0.0, 1.0)
             candidate = torch.where(mask, values, current)
 
-            found = counted(candidate)
-            new_loss = _loss(found, labels[active])
+            found = model(candidate)
+            new_loss = _loss(found, y[active])
             better = new_loss < loss[active]
             improved = active[better]
             x_best[improved] = candidate[better]
             logits[improved] = found[better]
             loss[improved] = new_loss[better]
-            fooled = better & (found.argmax(dim=1) != labels[active])
+            fooled = better & (found.argmax(dim=1) != y[active])
             active = active[~fooled]
             iteration += 1
 
-        return make_result(counted, x0, x_best, y, logits=logits)
+        return x_best, logits

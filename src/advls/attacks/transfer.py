@@ -13,14 +13,13 @@ none): 2, or 1. The inner attack's passes through the surrogate are not counted.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from advls.attacks.base import AttackResult, CountingModel, check_batch, eval_mode, make_result
+from advls.attacks.core import ATTACKS, eval_mode, from_config, keyword_parameters, register
 
 __all__ = ["transfer"]
 
@@ -76,6 +75,7 @@ def _inner_config(
     return config
 
 
+@register("transfer", norms=None)
 def transfer(
     model: nn.Module,
     x: Tensor,
@@ -85,7 +85,7 @@ def transfer(
     attack: str | Mapping[str, Any] = "pgd",
     eps: float | None = None,
     params: Mapping[str, Any] | None = None,
-) -> AttackResult:
+) -> tuple[Tensor, Tensor]:
     """Adversarial inputs crafted on ``surrogate`` by ``attack``, evaluated on ``model``.
 
     Args:
@@ -106,35 +106,27 @@ def transfer(
             f"surrogate must be a torch.nn.Module (the model to craft on), "
             f"got {type(surrogate).__name__}"
         )
-    from advls.attacks import ATTACKS, from_config  # local: the registry imports this module
-
     config = _inner_config(attack, eps, params)
     crafted = from_config(config)
     missing = [
         p.name
-        for p in inspect.signature(ATTACKS[config["name"]]).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
-        and p.default is inspect.Parameter.empty
-        and p.name not in config
+        for p in keyword_parameters(ATTACKS[config["name"]])
+        if p.default is p.empty and p.name not in config
     ]
     if missing:
         raise ValueError(
             f"attack {config['name']!r} needs {', '.join(missing)}: pass it to transfer "
             f"(eps=...) or in the attack's config"
         )
-    with eval_mode(model):
-        check_batch(x, y)
-        counted = CountingModel(model, labels=y)
-        x0 = x.detach()
+    with torch.no_grad():
+        logits = model(x).detach().clone()
+    correct = logits.argmax(dim=1) == y
+    with eval_mode(surrogate):
+        inner = crafted(_SameClasses(surrogate, logits.shape[1]), x, y)
+    x_adv = inner.x_adv.detach().clone()
+    x_adv[~correct] = x[~correct]
+    todo = correct.nonzero().squeeze(1)
+    if todo.numel():
         with torch.no_grad():
-            logits = counted(x0).detach().clone()
-        correct = logits.argmax(dim=1) == y
-        with eval_mode(surrogate):
-            inner = crafted(_SameClasses(surrogate, logits.shape[1]), x0, y)
-        x_adv = inner.x_adv.detach().clone()
-        x_adv[~correct] = x0[~correct]
-        todo = correct.nonzero().squeeze(1)
-        if todo.numel():
-            with torch.no_grad():
-                logits[todo] = counted(x_adv[todo])
-        return make_result(counted, x0, x_adv, y, logits=logits)
+            logits[todo] = model(x_adv[todo])
+    return x_adv, logits

@@ -65,23 +65,37 @@ _IDX_SPLITS = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
-_MNIST = DatasetSpec(
-    name="mnist",
-    format="idx",
-    classes=tuple(str(digit) for digit in range(10)),
-    mean=(0.1307,),
-    std=(0.3081,),
-    splits=_IDX_SPLITS,
-    files=_files(
-        _sums(_MNIST_SHA256),
-        ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
-    ),
-)
 
-_FASHION_MNIST = DatasetSpec(
-    name="fashion-mnist",
-    format="idx",
-    classes=(
+def _idx_dataset(
+    name: str,
+    classes: Sequence[str],
+    stats: tuple[float, float],
+    sha256: str,
+    mirrors: Sequence[str],
+) -> DatasetSpec:
+    """A member of the MNIST family: idx files with the same names and splits."""
+    mean, std = stats
+    return DatasetSpec(
+        name=name,
+        format="idx",
+        classes=tuple(classes),
+        mean=(mean,),
+        std=(std,),
+        splits=_IDX_SPLITS,
+        files=_files(_sums(sha256), mirrors),
+    )
+
+
+_MNIST = _idx_dataset(
+    "mnist",
+    [str(digit) for digit in range(10)],
+    (0.1307, 0.3081),
+    _MNIST_SHA256,
+    ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+)
+_FASHION_MNIST = _idx_dataset(
+    "fashion-mnist",
+    [
         "T-shirt/top",
         "Trouser",
         "Pullover",
@@ -92,28 +106,18 @@ _FASHION_MNIST = DatasetSpec(
         "Sneaker",
         "Bag",
         "Ankle boot",
-    ),
-    mean=(0.2860,),
-    std=(0.3530,),
-    splits=_IDX_SPLITS,
-    files=_files(
-        _sums(_FASHION_MNIST_SHA256),
-        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    ),
+    ],
+    (0.2860, 0.3530),
+    _FASHION_MNIST_SHA256,
+    ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
 )
-
 # Classes are the romanised hiragana of KMNIST's classmap.csv.
-_KMNIST = DatasetSpec(
-    name="kmnist",
-    format="idx",
-    classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
-    mean=(0.1918,),
-    std=(0.3483,),
-    splits=_IDX_SPLITS,
-    files=_files(
-        _sums(_KMNIST_SHA256),
-        ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
-    ),
+_KMNIST = _idx_dataset(
+    "kmnist",
+    ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+    (0.1918, 0.3483),
+    _KMNIST_SHA256,
+    ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
 )
 
 # Tarball sha256: keras-team/keras keras/src/datasets/cifar10.py. Batch md5s (no sha256 is

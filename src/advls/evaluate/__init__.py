@@ -4,12 +4,15 @@
 >>> result = evaluate(model, images, labels, protocols=["paper", "strong"], eps=[0.1, 0.3])
 >>> print(format_markdown(result)); [flag.name for flag in result.raised]
 
-See :mod:`advls.evaluate.protocols` for the suites and :mod:`advls.evaluate.masking` for
-the checks.
+:mod:`~advls.evaluate.protocols` defines the suites, :mod:`~advls.evaluate.runner` runs
+their attacks once each, :mod:`~advls.evaluate.masking` holds the checks (what each measures
+and how it judges), :mod:`~advls.evaluate.results` the types an evaluation returns,
+:mod:`~advls.evaluate.run` puts them together and :mod:`~advls.evaluate.render` prints them.
 """
 
-from advls.evaluate.masking import CHECKS, Flag, SanityChecks, Thresholds
+from advls.evaluate.masking import CHECKS, Thresholds, audit_records
 from advls.evaluate.protocols import (
+    PAPER_TABLE_LABELS,
     PROTOCOLS,
     AttackSpec,
     Protocol,
@@ -20,18 +23,24 @@ from advls.evaluate.protocols import (
     training_smoothing,
 )
 from advls.evaluate.render import format_markdown
-from advls.evaluate.run import AttackOutcome, Evaluation, check_eps_list, evaluate
+from advls.evaluate.results import AttackOutcome, Evaluation, Flag, SanityChecks
+from advls.evaluate.run import check_eps_list, evaluate
+from advls.evaluate.runner import AttackSummary, attack_dataset
 
 __all__ = [
     "CHECKS",
+    "PAPER_TABLE_LABELS",
     "PROTOCOLS",
     "AttackOutcome",
     "AttackSpec",
+    "AttackSummary",
     "Evaluation",
     "Flag",
     "Protocol",
     "SanityChecks",
     "Thresholds",
+    "attack_dataset",
+    "audit_records",
     "check_eps_list",
     "default_eps",
     "default_l2_budgets",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from advls.evaluate.run import Evaluation
+from advls.evaluate.results import Evaluation
 
 __all__ = ["format_markdown"]
 

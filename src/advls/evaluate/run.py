@@ -9,206 +9,20 @@ An attack that appears in several protocols with the same configuration runs onc
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from advls.attacks import from_config
-from advls.attacks.base import check_eps, eval_mode
-from advls.attacks.runner import attack_dataset
-from advls.evaluate.masking import (
-    Flag,
-    SanityChecks,
-    Thresholds,
-    raise_flags,
-    zero_gradient_fraction,
-)
-from advls.evaluate.protocols import (
-    AttackSpec,
-    Protocol,
-    default_eps,
-    default_l2_budgets,
-    get_protocol,
-)
+from advls.attacks import check_eps, eval_mode
+from advls.evaluate.masking import Thresholds, measure_checks, raise_flags
+from advls.evaluate.protocols import Protocol, default_eps, default_l2_budgets, get_protocol
+from advls.evaluate.results import AttackOutcome, Evaluation
+from advls.evaluate.runner import AttackRunner, ProgressFactory, to_unit
 
-__all__ = ["AttackOutcome", "Evaluation", "ProgressFactory", "check_eps_list", "evaluate"]
-
-#: ``progress(label, total)`` returns a function that is called with each batch's size.
-ProgressFactory = Callable[[str, int], Callable[[int], None]]
-
-LARGE_EPS = 0.5
-_LARGE_EPS_ATTACK = {"name": "pgd", "steps": 40, "loss": "ce"}
-_UNBOUNDED_ATTACK = {"name": "deepfool", "norm": "l2", "steps": 100}
-
-
-@dataclass(frozen=True)
-class AttackOutcome:
-    """One attack of one protocol at one budget (``eps`` is None for minimal attacks).
-
-    ``fooled`` and ``l2`` cover every evaluated point; a clean error counts as fooled at
-    distance 0, and ``attacked`` marks the points that were attacked (the correct ones).
-    """
-
-    protocol: str
-    spec: AttackSpec
-    eps: float | None
-    fooled: Tensor
-    l2: Tensor
-    attacked: Tensor
-    seconds: float
-    model_calls: int
-
-    @property
-    def robust_accuracy(self) -> float:
-        return _share(~self.fooled)
-
-    @property
-    def success_rate(self) -> float:
-        """Share of the correctly classified points that the attack fooled."""
-        if not self.attacked.any():
-            return math.nan
-        return float(self.fooled[self.attacked].float().mean())
-
-    def _distances(self) -> Tensor:
-        return self.l2[self.attacked & self.fooled]
-
-    @property
-    def median_l2(self) -> float:
-        found = self._distances()
-        return float(found.median()) if found.numel() else math.nan
-
-    @property
-    def mean_l2(self) -> float:
-        found = self._distances()
-        return float(found.mean()) if found.numel() else math.nan
-
-    def accuracy_at_l2(self, budget: float) -> float:
-        """Robust accuracy against this (minimal) attack restricted to an L2 budget."""
-        broken = self.fooled & ~(self.attacked & (self.l2 > budget))
-        return _share(~broken)
-
-    def as_dict(self) -> dict[str, Any]:
-        record = {
-            "protocol": self.protocol,
-            "attack": self.spec.label,
-            "name": self.spec.attack,
-            "kind": self.spec.kind,
-            "eps": self.eps,
-            "robust_accuracy": self.robust_accuracy,
-            "success_rate": self.success_rate,
-            "seconds": self.seconds,
-            "model_calls": self.model_calls,
-        }
-        if not self.spec.bounded:
-            record["median_l2"] = self.median_l2
-            record["mean_l2"] = self.mean_l2
-        return record
-
-
-@dataclass
-class Evaluation:
-    """Everything an evaluation measured; ``as_dict`` is its JSON form."""
-
-    points: int
-    num_classes: int
-    correct: Tensor
-    eps: tuple[float, ...]
-    l2_budgets: tuple[float, ...]
-    protocols: tuple[Protocol, ...]
-    outcomes: list[AttackOutcome] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    checks: SanityChecks | None = None
-    flags: list[Flag] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def clean_accuracy(self) -> float:
-        return _share(self.correct)
-
-    @property
-    def protocol_names(self) -> list[str]:
-        return [protocol.name for protocol in self.protocols]
-
-    @property
-    def raised(self) -> list[Flag]:
-        return [flag for flag in self.flags if flag.raised]
-
-    def outcome(self, protocol: str, label: str, eps: float | None = None) -> AttackOutcome:
-        for outcome in self.outcomes:
-            if (outcome.protocol, outcome.spec.label, outcome.eps) == (protocol, label, eps):
-                return outcome
-        raise KeyError(f"no outcome for {protocol}/{label} at eps {eps}")
-
-    def worst_case_robust(self, protocol: str, eps: float) -> Tensor:
-        """Per point: correct and unbroken by every bounded attack of ``protocol`` at ``eps``."""
-        robust = self.correct.clone()
-        for outcome in self.outcomes:
-            if outcome.protocol == protocol and outcome.eps == eps:
-                robust &= ~outcome.fooled
-        return robust
-
-    def worst_case(self, protocol: str, eps: float) -> float:
-        return _share(self.worst_case_robust(protocol, eps))
-
-    def as_dict(self) -> dict[str, Any]:
-        minimal = [
-            {
-                "protocol": o.protocol,
-                "attack": o.spec.label,
-                "l2_budget": budget,
-                "robust_accuracy": o.accuracy_at_l2(budget),
-            }
-            for o in self.outcomes
-            if not o.spec.bounded
-            for budget in self.l2_budgets
-        ]
-        worst = [
-            {"protocol": name, "eps": eps, "robust_accuracy": self.worst_case(name, eps)}
-            for name in self.protocol_names
-            for eps in self.eps
-        ]
-        return _finite(
-            {
-                "points": self.points,
-                "num_classes": self.num_classes,
-                "clean_accuracy": self.clean_accuracy,
-                "eps": list(self.eps),
-                "l2_budgets": list(self.l2_budgets),
-                "protocols": [protocol.describe() for protocol in self.protocols],
-                "results": [outcome.as_dict() for outcome in self.outcomes],
-                "worst_case": worst,
-                "minimal_at_l2": minimal,
-                "skipped": self.skipped,
-                "checks": self.checks.as_dict() if self.checks else None,
-                "flags": [flag.as_dict() for flag in self.flags],
-                "seconds": self.seconds,
-            }
-        )
-
-    def to_json(self, **extra: Any) -> str:
-        return json.dumps({**extra, **self.as_dict()}, indent=2, allow_nan=False, default=str)
-
-
-def _share(mask: Tensor) -> float:
-    """The share of True entries, computed from counts so equal sets give equal numbers."""
-    return int(mask.sum()) / mask.numel() if mask.numel() else math.nan
-
-
-def _finite(value: Any) -> Any:
-    """NaN (an undefined median, say) is not JSON: write null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+__all__ = ["ProgressFactory", "check_eps_list", "evaluate"]
 
 
 def check_eps_list(eps: Sequence[float]) -> tuple[float, ...]:
@@ -231,73 +45,23 @@ def _check_l2_budgets(budgets: Sequence[float]) -> tuple[float, ...]:
     return tuple(sorted({check_eps(b, "l2", "every L2 budget") for b in budgets}))
 
 
-def _to_unit(batch: Tensor, device: torch.device) -> Tensor:
-    batch = batch.to(device)
-    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()
-
-
 def _predict(model: nn.Module, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """Clean logits' argmax for every point (on the CPU)."""
     predictions = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            predictions.append(model(_to_unit(images[start : start + batch_size], device)).cpu())
+            predictions.append(model(to_unit(images[start : start + batch_size], device)).cpu())
     return torch.cat(predictions)
 
 
 def _check_surrogate(surrogate: nn.Module, images: Tensor, num_classes: int, device) -> None:
     with torch.no_grad(), eval_mode(surrogate):
-        logits = surrogate(_to_unit(images[:1], device))
+        logits = surrogate(to_unit(images[:1], device))
     if logits.dim() != 2 or logits.shape[1] != num_classes:
         raise ValueError(
             f"the surrogate has {logits.shape[-1]} classes but the evaluated model has "
             f"{num_classes}: a transfer attack needs a model of the same task"
         )
-
-
-class _Runner:
-    """Runs attack configurations on the correctly classified points, once each."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        images: Tensor,
-        labels: Tensor,
-        correct: Tensor,
-        *,
-        batch_size: int,
-        device: torch.device,
-        progress: ProgressFactory | None,
-    ) -> None:
-        self.model = model
-        self.index = correct.nonzero().squeeze(1)
-        self.images, self.labels = images[self.index], labels[self.index]
-        self.points = len(labels)
-        self.batch_size, self.device, self.progress = batch_size, device, progress
-        self.cache: dict[str, tuple[Tensor, Tensor, float, int]] = {}
-
-    def run(self, config: dict[str, Any], label: str) -> tuple[Tensor, Tensor, float, int]:
-        """``(fooled, l2, seconds, model_calls)`` over all points for one configured attack."""
-        key = json.dumps({k: v for k, v in config.items() if k != "surrogate"}, sort_keys=True)
-        if key in self.cache:
-            return self.cache[key]
-        attack = from_config(config)
-        advance = self.progress(label, len(self.index)) if self.progress else None
-        if len(self.index):
-            summary, result = attack_dataset(
-                attack, self.model, self.images, self.labels, batch_size=self.batch_size,
-                device=self.device, on_batch=advance,
-            )  # fmt: skip
-            success, l2 = result.success, result.l2
-            seconds, calls = summary.seconds, summary.model_calls
-        else:
-            success, l2, seconds, calls = torch.zeros(0, dtype=torch.bool), torch.zeros(0), 0.0, 0
-        fooled = torch.ones(self.points, dtype=torch.bool)
-        fooled[self.index] = success
-        distances = torch.zeros(self.points)
-        distances[self.index] = l2.float()
-        self.cache[key] = (fooled, distances, seconds, calls)
-        return self.cache[key]
 
 
 def evaluate(
@@ -351,7 +115,7 @@ def evaluate(
     labels = labels.long()
 
     with eval_mode(model):
-        logits_shape = model(_to_unit(images[:1], device)).shape
+        logits_shape = model(to_unit(images[:1], device)).shape
     num_classes = int(logits_shape[-1])
     if surrogate is not None:
         _check_surrogate(surrogate, images, num_classes, device)
@@ -359,7 +123,7 @@ def evaluate(
         correct = _predict(model, images, batch_size, device).argmax(dim=1) == labels
 
     evaluation = Evaluation(len(labels), num_classes, correct, budgets, l2, chosen)
-    runner = _Runner(
+    runner = AttackRunner(
         model, images, labels, correct, batch_size=batch_size, device=device, progress=progress
     )
     for protocol in chosen:
@@ -380,28 +144,7 @@ def evaluate(
                 )
 
     if checks:
-        evaluation.checks = _sanity_checks(model, runner, seed=seed)
+        evaluation.checks = measure_checks(runner, seed=seed)
         evaluation.flags = raise_flags(evaluation, thresholds)
     evaluation.seconds = time.perf_counter() - started
     return evaluation
-
-
-def _sanity_checks(model: nn.Module, runner: _Runner, *, seed: int) -> SanityChecks:
-    with eval_mode(model):
-        zero = zero_gradient_fraction(
-            model, runner.images, runner.labels, batch_size=runner.batch_size,
-            device=runner.device,
-        )  # fmt: skip
-    large = {**_LARGE_EPS_ATTACK, "eps": LARGE_EPS, "seed": seed}
-    fooled, _, _, _ = runner.run(large, f"check: pgd eps={LARGE_EPS}")
-    unbounded = dict(_UNBOUNDED_ATTACK)
-    unbounded_fooled, _, _, _ = runner.run(unbounded, "check: unbounded deepfool")
-    attacked = unbounded_fooled[runner.index]
-    return SanityChecks(
-        zero_gradient_fraction=zero,
-        large_eps=LARGE_EPS,
-        large_eps_accuracy=1.0 - float(fooled.float().mean()),
-        large_eps_attack=large,
-        unbounded_success_rate=float(attacked.float().mean()) if attacked.numel() else math.nan,
-        unbounded_attack=unbounded,
-    )

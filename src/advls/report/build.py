@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from advls.atomic import write_text_atomically
-from advls.report.cells import BOUNDED_ATTACKS, paper_cells
+from advls.report.cells import BOUNDED_ATTACKS, PAPER_ATTACKS, paper_cells
 from advls.report.claims import CLAIMS, check_claims
 from advls.report.figures import (
     plot_accuracy_vs_alpha,
@@ -585,9 +585,6 @@ def build_report(
 
 
 _SOURCES = {
-    "FGSM": "protocol paper, attack fgsm",
-    "BIM": "protocol paper, attack bim-100",
-    "DeepFool": "protocol paper, attack deepfool",
-    "CW": "protocol paper, attack cw-l2",
+    **{table: f"protocol paper, attack {label}" for table, label in PAPER_ATTACKS.items()},
     "clean": "accuracy on the evaluated test points",
 }

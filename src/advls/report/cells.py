@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from advls.evaluate import PAPER_TABLE_LABELS
 from advls.report.mapping import (
     METHOD_ORDER,
     SMOOTHING_METHODS,
@@ -42,14 +43,10 @@ __all__ = [
     "paper_cells",
 ]
 
-#: The paper's attacks and their labels in the store's ``paper`` protocol. Other protocols
-#: label theirs differently (``standard`` runs ``pgd-40`` where the paper ran BIM).
-PAPER_ATTACKS: Mapping[str, str] = {
-    "FGSM": "fgsm",
-    "BIM": "bim-100",
-    "DeepFool": "deepfool",
-    "CW": "cw-l2",
-}
+#: The paper's attacks and their labels in the store's ``paper`` protocol, as that protocol
+#: defines them. Other protocols label theirs differently (``standard`` runs ``pgd-40``
+#: where the paper ran BIM).
+PAPER_ATTACKS: Mapping[str, str] = PAPER_TABLE_LABELS
 
 #: Attacks with a budget: their tables have one column block per eps.
 BOUNDED_ATTACKS: tuple[str, ...] = ("FGSM", "BIM")

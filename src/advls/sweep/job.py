@@ -22,9 +22,9 @@ import torch
 
 from advls import data as datasets
 from advls.atomic import write_text_atomically
-from advls.evaluate.protocols import training_smoothing
-from advls.evaluate.run import Evaluation, evaluate
+from advls.evaluate import Evaluation, audit_records, evaluate, training_smoothing
 from advls.store import Result
+from advls.sweep.spec import EvaluateSpec, canonical_train, train_key
 from advls.train import TrainConfig, TrainResult, train
 
 __all__ = ["Outcome", "Task", "evaluation_results", "execute_run", "twin_config"]
@@ -74,8 +74,6 @@ def twin_config(config: TrainConfig) -> TrainConfig:
 
     Canonical, so that every run of a grid, defended or not, names the same twin.
     """
-    from advls.sweep.spec import canonical_train  # local: spec imports this module's peers
-
     twin = config.model_dump()
     twin.update(loss="ce", alpha=0.0, defence="none", seed=config.seed + 1)
     return TrainConfig.model_validate(canonical_train(twin))
@@ -109,25 +107,8 @@ def evaluation_results(evaluation: Evaluation) -> list[Result]:
             )
             for eps in evaluation.eps
         )
-    checks = evaluation.checks
-    if checks is not None:
-        rows.append(
-            Result("audit", "zero_gradients", None, "fraction", checks.zero_gradient_fraction)
-        )
-        rows.append(
-            Result(
-                "audit",
-                "pgd_large_eps",
-                checks.large_eps,
-                "robust_accuracy",
-                checks.large_eps_accuracy,
-            )
-        )
-        rows.append(
-            Result(
-                "audit", "deepfool_unbounded", None, "success_rate", checks.unbounded_success_rate
-            )
-        )
+    if evaluation.checks is not None:
+        rows.extend(Result("audit", *record) for record in audit_records(evaluation.checks))
     rows.extend(
         Result("audit", f"flag:{flag.name}", None, "raised", float(flag.raised))
         for flag in evaluation.flags
@@ -137,9 +118,6 @@ def evaluation_results(evaluation: Evaluation) -> list[Result]:
 
 
 def _run(task: Task) -> Outcome:
-    # Local: spec imports the evaluation stack too.
-    from advls.sweep.spec import EvaluateSpec, train_key
-
     artifact_dir = Path(task.artifact_dir)
     config = TrainConfig.model_validate(task.config["train"])
     plan = task.config["evaluate"]

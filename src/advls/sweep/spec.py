@@ -31,8 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from advls import data as datasets
-from advls.evaluate.protocols import PROTOCOLS, Protocol, default_eps, get_protocol
-from advls.evaluate.run import check_eps_list
+from advls.evaluate import Protocol, check_eps_list, default_eps, get_protocol
 from advls.train import TrainConfig
 
 __all__ = [
@@ -69,8 +68,7 @@ class ProtocolEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {value!r}")
+        get_protocol(value)  # names the protocols when there is none by that name
         return value
 
     def build(self) -> Protocol:

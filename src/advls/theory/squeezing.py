@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advls.attacks.base import eval_mode
+from advls.attacks import eval_mode, fgsm
 
 __all__ = [
     "UnboxedAttack",
@@ -316,7 +316,6 @@ def analyze(
     (per-example arrays under ``"samples"``, not written to disk).
     """
     from advls import data as datasets
-    from advls.attacks.fgsm import fgsm
     from advls.checkpoint import load_model
 
     if not checkpoints:

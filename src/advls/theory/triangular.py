@@ -29,12 +29,13 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import integrate, optimize
 
-from advls.losses import _check_method, smoothed_cross_entropy
+from advls.losses import canonical_method, smoothed_cross_entropy
 
 __all__ = [
     "PAPER_ARCHIVED",
@@ -99,14 +100,6 @@ def _check_eps(eps: float) -> float:
 
 def _check_t(t: float) -> float:
     return _real(t, "t")
-
-
-def _method(method: str) -> str:
-    if not isinstance(method, str):
-        raise ValueError(
-            f"method must be one of standard, adversarial, boltzmann, second_best, got {method!r}"
-        )
-    return str(_check_method(method))
 
 
 # --------------------------------------------------------------------------- data model
@@ -191,7 +184,7 @@ def example_loss(d: np.ndarray | float, y: int, method: str, alpha: float) -> np
 
     Equal to :func:`advls.losses.smoothed_cross_entropy` on logits ``(t, x)`` (tested).
     """
-    method, alpha = _method(method), _check_alpha(alpha)
+    method, alpha = canonical_method(method), _check_alpha(alpha)
     d = np.asarray(d, dtype=float)
     margin = d if y == 1 else -d  # z_y - z_other
     ce = np.logaddexp(0.0, -margin)
@@ -203,7 +196,7 @@ def example_loss(d: np.ndarray | float, y: int, method: str, alpha: float) -> np
 def expected_risk(t: float, gamma: float, method: str = "adversarial", alpha: float = 0.1) -> float:
     """Exact expected smoothed risk of threshold ``t`` (adaptive quadrature split at the kinks)."""
     t, gamma = _check_t(t), _check_gamma(gamma)
-    method, alpha = _method(method), _check_alpha(alpha)
+    method, alpha = canonical_method(method), _check_alpha(alpha)
 
     def piece(y: int, density, lo: float, hi: float) -> float:
         cuts = sorted({lo, hi, *(c for c in (t, 0.0) if lo < c < hi)})
@@ -224,7 +217,7 @@ def expected_risk(t: float, gamma: float, method: str = "adversarial", alpha: fl
 
 def optimal_threshold(gamma: float, method: str = "adversarial", alpha: float = 0.1) -> float:
     """The minimiser of :func:`expected_risk` over ``t`` (convex; bounded Brent search)."""
-    gamma, method, alpha = _check_gamma(gamma), _method(method), _check_alpha(alpha)
+    gamma, method, alpha = _check_gamma(gamma), canonical_method(method), _check_alpha(alpha)
     res = optimize.minimize_scalar(
         lambda t: expected_risk(t, gamma, method, alpha),
         bounds=T_BOUNDS,
@@ -261,7 +254,7 @@ def fit_monte_carlo(
     ``init`` (the authors started at threshold -0.5), repeated until the parameters stop
     moving. Accuracies are empirical, on an independent sample of the same size.
     """
-    gamma, method, alpha = _check_gamma(gamma), _method(method), _check_alpha(alpha)
+    gamma, method, alpha = _check_gamma(gamma), canonical_method(method), _check_alpha(alpha)
     eps = [_check_eps(e) for e in eps]
     x_np, y_np = sample(n, gamma, seed)
     x = torch.from_numpy(x_np)
@@ -324,7 +317,7 @@ def figure_1a(
         _check_gamma(gamma),
         _check_alpha(alpha),
         _check_eps(eps),
-        _method(method),
+        canonical_method(method),
     )
     t_ce = optimal_threshold(gamma, method, 0.0)
     t_s = optimal_threshold(gamma, method, alpha)
@@ -356,6 +349,13 @@ def figure_1a(
     ax.set_xlim(-1.2, 1.2)
     ax.set_ylim(0, max(0.85, 1.05 * 2 * (1 - gamma)))
     ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (creating its folder) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +378,7 @@ def figure_1b(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gamma, method = _check_gamma(gamma), _method(method)
+    gamma, method = _check_gamma(gamma), canonical_method(method)
     alphas = [_check_alpha(a) for a in alphas]
     eps_grid = [_check_eps(e) for e in eps_grid]
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -408,12 +408,7 @@ def figure_1b(
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- table / run
@@ -441,7 +436,7 @@ def table(
         _row(gamma, "CE", 0.0, optimal_threshold(gamma, "standard", 0.0), eps),
     ]
     for m in methods:
-        m = _method(m)
+        m = canonical_method(m)
         for a in alphas:
             a = _check_alpha(a)
             rows.append(_row(gamma, _METHOD_LABEL[m], a, optimal_threshold(gamma, m, a), eps))
@@ -637,7 +632,7 @@ def run(
     gammas = [_check_gamma(g) for g in gammas]
     alphas = [_check_alpha(a) for a in alphas]
     eps = [_check_eps(e) for e in eps]
-    methods = list(dict.fromkeys(_method(m) for m in methods))
+    methods = list(dict.fromkeys(canonical_method(m) for m in methods))
     figure_alpha, figure_eps = _check_alpha(figure_alpha), _check_eps(figure_eps)
     if not gammas or not eps or not methods:
         raise ValueError("gammas, eps and methods must not be empty")

@@ -1,35 +1,29 @@
-"""``advls report`` and ``advls reproduce``: from a store, or from a suite's name, to a report.
-
-Kept outside :mod:`advls.report` so that `advls --help` does not import torch or matplotlib.
-"""
+"""``advls report`` and ``advls reproduce``: from a store, or from a suite's name, to a report."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from advls.sweep_cli import (
-    AddressOption,
-    DataDirOption,
-    DeviceOption,
-    ExecutorOption,
-    GpusOption,
-    JobsOption,
+from advls.cli.console import console, fail, interrupted, reported_errors
+from advls.cli.execution import (
+    EXECUTION_OPTIONS,
+    Execution,
     RetryOption,
-    ThreadsOption,
-    _fail,
-    check_execution,
-    console,
+    runs_failed,
     sweep_progress,
 )
+from advls.cli.fields import with_options
+from advls.cli.options import ProgressOption
+from advls.cli.sweep import opened_store
 
 __all__ = ["report", "reproduce"]
 
 
-def _describe(files, seconds: float) -> None:
+def _describe(files: Any, seconds: float) -> None:
     console.print(
         f"[bold green]report written[/] in {seconds:.0f} s: [bold]{files.html}[/] "
         f"(also {files.markdown.name}, {len(files.tables)} tables, {len(files.figures)} figures)"
@@ -78,35 +72,32 @@ def report(
     Example: advls report --store runs/reproduce/mnist-quick/results.db --out report
     """
     from advls.report.build import build_report
-    from advls.store import Store, StoreError
 
     if not store.exists():
-        _fail(f"no store at {store}; run a sweep first (advls sweep run or advls reproduce)")
+        fail(f"no store at {store}; run a sweep first (advls sweep run or advls reproduce)")
     if not 0 <= threshold <= 1:
-        _fail(f"--threshold must be in [0, 1], got {threshold}")
+        fail(f"--threshold must be in [0, 1], got {threshold}")
     if not theory:
         theory = sorted(p for p in (store.parent / "theory").glob("*") if p.is_dir())
     for folder in theory:
         if not folder.is_dir():
-            _fail(f"--theory {folder}: not a directory")
+            fail(f"--theory {folder}: not a directory")
     if paper_tables is not None and not paper_tables.is_file():
-        _fail(f"--paper-tables {paper_tables}: no such file")
+        fail(f"--paper-tables {paper_tables}: no such file")
     started = time.perf_counter()
-    try:
-        with Store(store) as results:
-            files = build_report(
-                results,
-                out,
-                sweeps=sweep or None,
-                paper_tables=paper_tables,
-                theory_dirs=theory,
-                threshold=threshold,
-            )
-    except (StoreError, ValueError, OSError) as error:
-        _fail(str(error))
+    with opened_store(store) as results, reported_errors():
+        files = build_report(
+            results,
+            out,
+            sweeps=sweep or None,
+            paper_tables=paper_tables,
+            theory_dirs=theory,
+            threshold=threshold,
+        )
     _describe(files, time.perf_counter() - started)
 
 
+@with_options(EXECUTION_OPTIONS, after="out")
 def reproduce(
     suite: Annotated[
         str,
@@ -119,13 +110,7 @@ def reproduce(
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default: runs/reproduce/SUITE).")
     ] = None,
-    executor: ExecutorOption = "local",
-    jobs: JobsOption = None,
-    threads: ThreadsOption = None,
-    address: AddressOption = None,
-    gpus_per_run: GpusOption = 0.0,
-    device: DeviceOption = "auto",
-    data_dir: DataDirOption = None,
+    *,
     retry_failed: RetryOption = False,
     theory: Annotated[
         bool, typer.Option(help="Also compute the triangular toy and logit squeezing.")
@@ -133,7 +118,8 @@ def reproduce(
     report_dir: Annotated[
         Path | None, typer.Option(help="Where the report goes (default: OUT/report).")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: ProgressOption = True,
+    **execution: Any,
 ) -> None:
     """Reproduce the paper's experiments: train, attack, and write the report.
 
@@ -152,47 +138,32 @@ def reproduce(
 
     Example: advls reproduce mnist-quick --jobs 2
     """
-    from advls.data import DataError
     from advls.reproduce import reproduce as run_suite
-    from advls.store import StoreError
     from advls.suites import suite_path
 
-    try:
-        check_execution(executor, jobs, threads, address, gpus_per_run, device)
+    with reported_errors():
+        settings = Execution(**execution).check()
         spec = suite_path(suite)
-    except ValueError as error:
-        _fail(str(error))
     target = out or Path("runs") / "reproduce" / spec.stem
 
-    def bar(name: str, total: int, done: int):
+    def bar(name: str, total: int, done: int) -> Any:
         return sweep_progress(name, total, done, progress)
 
     started = time.perf_counter()
-    try:
-        result = run_suite(
-            suite,
-            target,
-            executor=executor,
-            jobs=jobs,
-            threads=threads,
-            address=address,
-            gpus_per_run=gpus_per_run,
-            device=device,
-            data_dir=data_dir,
-            retry_failed=retry_failed,
-            theory=theory,
-            report_dir=report_dir,
-            progress=bar,
-            on_stage=lambda message: console.print(f"[bold]{spec.stem}[/]: {message}"),
-        )
-    except KeyboardInterrupt:
-        console.print(
-            "[yellow]interrupted[/]: finished runs are stored; run the same command again "
-            "to continue"
-        )
-        raise typer.Exit(code=130) from None
-    except (DataError, StoreError, ValueError, RuntimeError, OSError) as error:
-        _fail(str(error))
+    with reported_errors(RuntimeError):
+        try:
+            result = run_suite(
+                suite,
+                target,
+                **settings.model_dump(),
+                retry_failed=retry_failed,
+                theory=theory,
+                report_dir=report_dir,
+                progress=bar,
+                on_stage=lambda message: console.print(f"[bold]{spec.stem}[/]: {message}"),
+            )
+        except KeyboardInterrupt:
+            interrupted("finished runs are stored; run the same command again to continue")
     seconds = time.perf_counter() - started
     counts = result.counts
     console.print(
@@ -203,8 +174,4 @@ def reproduce(
         _describe(result.report, seconds)
         print(result.report.html)
     if counts["failed"]:
-        console.print(
-            f"[red]{counts['failed']} run(s) failed[/]; see `advls sweep status --store "
-            f"{target / 'results.db'} --failed`, then rerun with --retry-failed"
-        )
-        raise typer.Exit(code=1)
+        runs_failed(counts["failed"], target / "results.db")
