@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
@@ -111,7 +111,12 @@ def test_a_generator_seed_is_drawn_from_and_advanced() -> None:
 
 
 # --------------------------------------------------------------------------- geometry
+#: Absolute slack for sizes measured after float32 rounding at x (half an ulp per pixel).
+_ROUNDED = 1e-6
+
+
 @settings(max_examples=25, deadline=None)
+@example(seed=0, eps=5.960464477539063e-08, norm="l2")  # L2 rescaling rounds at tiny eps
 @given(
     seed=st.integers(0, 2**31 - 1),
     eps=st.floats(0.0, 1.0),
@@ -125,15 +130,22 @@ def test_projection_lands_in_the_ball_and_the_box_and_keeps_inside_points(
     ball = geometry(norm)
     start = ball.random_start(x, eps, generator)
     l2, linf = norms(start - x)
-    assert float((l2 if norm == "l2" else linf).max()) <= eps * (1 + 1e-5) + 1e-7
+    assert float((l2 if norm == "l2" else linf).max()) <= eps * (1 + 1e-5) + _ROUNDED
     assert float(start.min()) >= 0.0 and float(start.max()) <= 1.0
-    # Inside points are left exactly as they are.
-    assert torch.equal(ball.projection(x, eps)(start.clone()), start)
-    assert torch.equal(ball.enforce(start, x, eps), start)
+    # Inside points stay: exactly under the L-inf clamp, to float rounding under L2's rescaling
+    # (x + (p - x) need not round back to p); enforce leaves every inside point exactly.
+    kept = ball.projection(x, eps)(start.clone())
+    if norm == "linf":
+        assert torch.equal(kept, start)
+        inside = torch.ones(len(x), dtype=torch.bool)
+    else:
+        torch.testing.assert_close(kept, start, atol=1e-6, rtol=0)
+        inside = norms(start - x)[0] <= eps * (1 + 1e-6)
+    assert torch.equal(ball.enforce(start, x, eps)[inside], start[inside])
     far = x + 4 * torch.randn(x.shape, generator=generator)
     projected = ball.projection(x, eps)(far.clone())
     l2, linf = norms(projected - x)
-    assert float((l2 if norm == "l2" else linf).max()) <= eps * (1 + 1e-5) + 1e-7
+    assert float((l2 if norm == "l2" else linf).max()) <= eps * (1 + 1e-5) + _ROUNDED
     assert float(projected.min()) >= 0.0 and float(projected.max()) <= 1.0
 
 
