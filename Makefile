@@ -14,11 +14,13 @@ endif
 setup: $(STAMP)
 
 # torch is pinned and installed first: an unpinned torch pulls several GB of CUDA packages.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	# A test oracle only: its ports of AutoAttack's attacks. --no-deps, as it pins torchvision.
+	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 # The quick reproduction: 8 runs on real MNIST, both protocols, the report (runs/reproduce/).

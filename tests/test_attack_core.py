@@ -175,10 +175,11 @@ def test_restart_keeps_the_first_success_and_otherwise_the_best_score() -> None:
         score = torch.tensor([float(scores[e][r]) for e in examples])
         return torch.full((len(xs), 1), float(r)), fooled, score
 
-    out = restart(run, x, y, runs=4)
+    out, fooled = restart(run, x, y, runs=4)
     assert given == [[0, 1, 2, 3], [1, 2, 3], [1, 2, 3], [2, 3]]  # only the unfooled again
     # 0 and 1: the run that first fooled them; 2: its best score; 3: its best, the last run.
     assert out.squeeze(1).tolist() == [0.0, 2.0, 1.0, 3.0]
+    assert fooled is not None and fooled.tolist() == [True, True, False, False]
 
 
 def test_restart_without_scores_keeps_the_last_run() -> None:
@@ -194,5 +195,7 @@ def test_restart_without_scores_keeps_the_last_run() -> None:
             None,
         )
 
-    assert restart(run, x, y, runs=3).squeeze(1).tolist() == [3.0, 3.0, 3.0]
+    out, fooled = restart(run, x, y, runs=3)
+    assert out.squeeze(1).tolist() == [3.0, 3.0, 3.0]
+    assert fooled is None  # the last run did not say
     assert runs == [False, False, True]  # only the last run may skip telling what it fooled

@@ -320,7 +320,7 @@ def test_bad_inputs_raise() -> None:
         deepfool(model, x + 1.5, torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="labels"):
         deepfool(model, x, torch.tensor([0, 9]))
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(ValueError, match="at least 2 classes \\(K >= 2\\)"):
         deepfool(nn.Linear(8, 1).double(), x, torch.zeros(2, dtype=torch.long))
 
 

@@ -63,10 +63,10 @@ def test_attack_config_fills_budget_loss_seed_and_surrogate() -> None:
         "name": "bim", "steps": 100, "eps": 0.2, "loss": "smoothed", "smoothing": smoothing,
     }  # fmt: skip
     assert spec.config(0.2)["loss"] == "ce"  # a CE-trained model's own loss is CE
-    seeded = PROTOCOLS["strong"].attacks[1]
-    assert seeded.config(0.1, seed=7)["seed"] == 7
+    strong = {spec.label: spec for spec in PROTOCOLS["strong"].attacks}
+    assert strong["pgd-40x5"].config(0.1, seed=7)["seed"] == 7
     twin = nn.Linear(2, 2)
-    transfer = PROTOCOLS["strong"].attacks[5].config(0.1, surrogate=twin, seed=4)
+    transfer = strong["transfer"].config(0.1, surrogate=twin, seed=4)
     assert transfer["surrogate"] is twin and "seed" not in transfer
     assert transfer["attack"] == {"name": "pgd", "steps": 40, "loss": "ce", "seed": 4}
     assert "eps" not in PROTOCOLS["paper"].attacks[2].config(None)  # minimal attacks
@@ -376,7 +376,7 @@ def test_protocol_gap_needs_strong_and_another_protocol() -> None:
     ("field", "value", "name", "raised"),
     [
         ("zero_gradient_fraction", 0.5, "zero_gradients", True),
-        ("zero_gradient_fraction", 0.01, "zero_gradients", False),
+        ("zero_gradient_fraction", 0.0, "zero_gradients", False),
         ("large_eps_accuracy", 0.4, "large_eps_above_chance", True),
         ("large_eps_accuracy", 0.0, "large_eps_above_chance", False),
         ("unbounded_success_rate", 0.6, "unbounded_incomplete", True),
@@ -454,8 +454,13 @@ def test_checks_measure_gradients_then_bounded_then_minimal_attacks() -> None:
     result = evaluate(model, images, labels, protocols=[MINI], eps=[0.1], seed=5, progress=progress)
     assert started[-2:] == ["check: pgd eps=0.5", "check: unbounded deepfool"]
     assert list(result.checks.as_dict()) == [
-        "zero_gradient_fraction", "large_eps", "large_eps_accuracy", "large_eps_attack",
-        "unbounded_success_rate", "unbounded_attack",
+        # the preflight checks: a few forward passes on the model as handed over
+        "probability_rows", "output_min", "output_row_sum_error", "randomized_points",
+        "randomized_passes", "randomized_max_difference", "randomized_changed_predictions",
+        "randomized_correct", "train_mode_model", "train_mode_modules", "train_mode_names",
+        "active_after_eval",
+        "zero_gradient_fraction", "zero_gradient_count", "large_eps", "large_eps_accuracy",
+        "large_eps_attack", "unbounded_success_rate", "unbounded_attack",
     ]  # fmt: skip
     large = {"name": "pgd", "steps": 40, "loss": "ce", "eps": 0.5, "seed": 5}
     assert result.checks.large_eps_attack == large and result.checks["large_eps"] == 0.5
@@ -490,8 +495,15 @@ def test_audit_records_are_the_measurements_as_store_rows() -> None:
     images, labels = _data()
     result = evaluate(Linear(), images, labels, protocols=[MINI], eps=[0.1])
     checks = result.checks
-    assert audit_records(checks) == [
+    preflight = [(r.attack, r.metric) for r in audit_records(checks)][:6]
+    assert preflight == [
+        ("probability_outputs", "min"), ("probability_outputs", "row_sum_error"),
+        ("randomized", "max_difference"), ("randomized", "changed_predictions"),
+        ("train_mode", "modules_in_train_mode"), ("train_mode", "active_after_eval"),
+    ]  # fmt: skip
+    assert audit_records(checks)[6:] == [
         ("zero_gradients", None, "fraction", checks.zero_gradient_fraction),
+        ("zero_gradients", None, "count", float(checks.zero_gradient_count)),
         ("pgd_large_eps", 0.5, "robust_accuracy", checks.large_eps_accuracy),
         ("deepfool_unbounded", None, "success_rate", checks.unbounded_success_rate),
     ]
@@ -544,12 +556,11 @@ def test_a_new_check_is_one_class_and_one_registry_entry(monkeypatch) -> None:
     assert flag.raised and flag.checked and flag.message == f"{attacked} attacked"
     records = audit_records(result.checks)
     assert [record.attack for record in records] == [
-        "zero_gradients",
-        "counted",
-        "pgd_large_eps",
-        "deepfool_unbounded",
+        *("probability_outputs", "probability_outputs", "randomized", "randomized"),
+        *("train_mode", "train_mode"),
+        *("zero_gradients", "zero_gradients", "counted", "pgd_large_eps", "deepfool_unbounded"),
     ]  # fmt: skip  (by stage, then in the registry's order)
-    assert records[1] == ("counted", None, "points", float(attacked))
+    assert records[8] == ("counted", None, "points", float(attacked))
     assert not _flag(_evaluation([]), "counted").checked
 
 

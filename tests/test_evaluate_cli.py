@@ -63,7 +63,19 @@ def test_show_protocols() -> None:
     result = runner.invoke(app, ["evaluate", "--show-protocols"])
     assert result.exit_code == 0
     names = [p["name"] for p in json.loads(result.stdout)]
-    assert names == ["paper", "standard", "strong"]
+    assert names == [
+        "paper",
+        "standard",
+        "strong",
+        "autoattack",
+        "autoattack-l2",
+        "autoattack-rand",
+    ]
+    # The help names every protocol, so a new one cannot go unmentioned.
+    help_text = " ".join(
+        runner.invoke(app, ["evaluate", "--help"], terminal_width=200).stdout.split()
+    )
+    assert all(name in help_text for name in names)
 
 
 @pytest.mark.parametrize(

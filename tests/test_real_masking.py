@@ -24,7 +24,9 @@ QUICK_STRONG = PROTOCOLS["strong"].with_params(
         "pgd-40x5": {"steps": 10, "restarts": 2},
         "apgd-ce": {"steps": 30},
         "apgd-dlr": {"steps": 30},
-        "square": {"queries": 300},
+        "apgd-t": {"steps": 30, "target_classes": 3},
+        "fab-t": {"steps": 30, "target_classes": 3},
+        "square": {"queries": 300, "rescale_schedule": True},
     }
 )
 PAPER = PROTOCOLS["paper"].without("cw-l2").with_params(**{"bim-100": {"steps": 10}})

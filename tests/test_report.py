@@ -640,3 +640,14 @@ def test_audit_table_and_figure(frame, tmp_path):
     assert audit_table(no_strong).empty
     with pytest.raises(ValueError, match="no run has strong-protocol results"):
         plot_audit(audit_table(no_strong))
+
+
+def test_audit_table_shows_autoattack_beside_the_strong_protocol(frame):
+    strong = frame[(frame["protocol"] == "strong") & (frame["attack"] == "worst_case")]
+    autoattack = strong.assign(protocol="autoattack", value=strong["value"] + 0.01)
+    audit = audit_table(pd.concat([frame, autoattack], ignore_index=True))
+    assert list(audit.columns[8:]) == ["paper", "strong", "autoattack", "gap", "flags"]
+    assert (audit["autoattack"] - audit["strong"]).round(9).eq(0.01).all()
+    assert audit["gap"].equals(audit["paper"] - audit["strong"])  # the gap stays paper - strong
+    assert "and autoattack" in audit.attrs["caption"]
+    assert "autoattack" not in audit_table(frame).columns  # only where a run has it

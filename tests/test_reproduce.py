@@ -40,7 +40,7 @@ SPEC = textwrap.dedent(
             pgd-40x5: {steps: 10, restarts: 1}
             apgd-ce: {steps: 10}
             transfer: {attack: {name: pgd, steps: 5, loss: ce}}
-          without: [apgd-dlr, square]
+          without: [apgd-dlr, apgd-t, fab-t, square]
       eps: [0.05, 0.15]
       n: 100
       surrogate: twin

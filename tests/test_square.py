@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from advls.attacks import fgsm, from_config, square
-from advls.attacks.square import _fraction
+from advls.attacks.square import _eta, _fraction
 from test_attack_invariants import (
     CLASSES,
     SHAPE,
+    Constant,
     Linear,
     make_batch,
     make_model,
@@ -71,9 +72,10 @@ def loss(logits: Tensor, y: Tensor) -> Tensor:
     return true - others.amax(dim=1)
 
 
-def owners(rows: Tensor, x: Tensor, eps: float) -> Tensor:
-    """The example each queried row belongs to: the only input within eps of it (L-inf)."""
-    distance = (rows[:, None] - x[None]).flatten(2).abs().amax(dim=2)  # (rows, examples)
+def owners(rows: Tensor, x: Tensor, eps: float, norm: str = "linf") -> Tensor:
+    """The example each queried row belongs to: the only input within eps of it."""
+    gaps = (rows[:, None] - x[None]).flatten(2)  # (rows, examples, features)
+    distance = gaps.abs().amax(dim=2) if norm == "linf" else gaps.norm(dim=2)
     nearest = distance.topk(min(2, x.shape[0]), dim=1, largest=False)
     assert bool((nearest.values[:, 0] <= eps + 1e-6).all())
     if x.shape[0] > 1:
@@ -81,11 +83,14 @@ def owners(rows: Tensor, x: Tensor, eps: float) -> Tensor:
     return nearest.indices[:, 0]
 
 
-def trajectories(recorder: Recorder, x: Tensor, eps: float) -> list[list[tuple[Tensor, Tensor]]]:
+def trajectories(
+    recorder: Recorder, x: Tensor, eps: float, norm: str = "linf"
+) -> list[list[tuple[Tensor, Tensor]]]:
     """Per example, the (point, logits) of every query after the clean one, in order."""
     paths: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(x.shape[0])]
     for rows, logits in zip(recorder.inputs[1:], recorder.outputs[1:], strict=True):
-        for row, out, owner in zip(rows, logits, owners(rows, x, eps).tolist(), strict=True):
+        matched = owners(rows, x, eps, norm).tolist()
+        for row, out, owner in zip(rows, logits, matched, strict=True):
             paths[owner].append((row, out))
     return paths
 
@@ -129,14 +134,17 @@ def test_no_backward_pass_ever_runs() -> None:
 
 
 # --------------------------------------------------------------------------- the contract
+#: The inputs the contract tests vary (eps is drawn per norm).
+CONTRACT = {
+    "seed": st.integers(0, 2**31 - 1),
+    "n": st.integers(1, 6),
+    "kind": st.sampled_from(["conv", "mlp", "linear"]),
+    "queries": st.integers(1, 40),
+}
+
+
 @FAST
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.integers(1, 6),
-    kind=st.sampled_from(["conv", "mlp", "linear"]),
-    eps=st.one_of(st.just(1.0), st.floats(0.0, 1.0)),
-    queries=st.integers(1, 40),
-)
+@given(**CONTRACT, eps=st.one_of(st.just(1.0), st.floats(0.0, 1.0)))
 def test_contract(seed: int, n: int, kind: str, eps: float, queries: int) -> None:
     model = make_model(kind, seed)
     model.train()
@@ -264,21 +272,28 @@ def test_queries_per_example_stay_within_the_budget_and_stop_when_fooled() -> No
 
 
 # --------------------------------------------------------------------------- the search
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 @FAST
 @given(
     seed=st.integers(0, 2**31 - 1),
     kind=st.sampled_from(["conv", "mlp", "linear"]),
     eps=st.floats(0.01, 0.3),
 )
-def test_the_search_keeps_exactly_the_improvements(seed: int, kind: str, eps: float) -> None:
-    """Replay: the start is taken, then a candidate only when it lowers the margin."""
+def test_the_search_keeps_exactly_the_improvements(
+    norm: str, seed: int, kind: str, eps: float
+) -> None:
+    """Replay: the start is taken, then a candidate only when it lowers the margin.
+
+    So the margin at the accepted point never increases over the run. (For L2 the queried
+    rows are matched to their examples in L2: the inputs are about 2.4 apart, eps <= 0.3.)
+    """
     model = make_model(kind, seed).eval()
     recorder = Recorder(model)
     x, y = distinct_batch(seed + 1, 6)
     with torch.no_grad():
         y[1:] = model(x[1:]).argmax(dim=1)  # example 0 keeps its random label
-    result = square(recorder, x, y, eps=eps, queries=40, seed=seed)
-    paths = trajectories(recorder, x, eps)
+    result = square(recorder, x, y, eps=eps, norm=norm, queries=40, seed=seed)
+    paths = trajectories(recorder, x, eps, norm)
     clean_logits = recorder.outputs[0]
     for i, path in enumerate(paths):
         if clean_logits[i].argmax() != y[i]:
@@ -286,7 +301,8 @@ def test_the_search_keeps_exactly_the_improvements(seed: int, kind: str, eps: fl
             continue
         best, best_loss = path[0][0], float(loss(path[0][1][None], y[i : i + 1]))
         for point, logits in path[1:]:
-            assert not torch.equal(point, best)  # a candidate always changes something
+            if norm == "linf":  # (an L2 step on windows where delta is 0 may change nothing)
+                assert not torch.equal(point, best)  # a candidate always changes something
             value = float(loss(logits[None], y[i : i + 1]))
             if value < best_loss:
                 best, best_loss = point, value
@@ -484,3 +500,456 @@ def test_square_breaks_a_ce_lenet_on_real_mnist(real_data: Path, tmp_path: Path)
     print(f"square eps 0.3, 1000 queries: robust accuracy {result.robust_accuracy:.3f}")
     assert result.robust_accuracy < 0.10
     assert float(result.linf.max()) <= 0.3 + 1e-6
+
+
+# --------------------------------------------------------------------------- L2
+def l2_batch(seed: int, n: int, shape: tuple[int, ...] = SHAPE) -> tuple[Tensor, Tensor]:
+    """``make_batch``-like inputs (exact 0s and 1s included) of any shape, random labels."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *shape), generator=generator)
+    u = torch.rand(x.shape, generator=generator)
+    x[u < 0.15] = 0.0
+    x[u > 0.85] = 1.0
+    return x, torch.randint(0, CLASSES, (n,), generator=generator)
+
+
+def paper_rectangle(rows: int, cols: int) -> Tensor:
+    """The paper's M(r, s), 1-indexed: M_ij = sum_{k = max(|i - r//2 - 1|, |j - s//2 - 1|)}^{n}
+    1/(k+1)^2 with n = max(r, s) // 2, by explicit loops."""
+    top = max(rows, cols) // 2
+    m = torch.zeros(rows, cols, dtype=torch.float64)
+    for i in range(1, rows + 1):
+        for j in range(1, cols + 1):
+            start = max(abs(i - rows // 2 - 1), abs(j - cols // 2 - 1))
+            m[i - 1, j - 1] = sum(1.0 / (k + 1) ** 2 for k in range(start, top + 1))
+    return m
+
+
+def paper_eta(side: int) -> Tensor:
+    """eta = [M(h1, s) / ||.||; -M(h2, s) / ||.||] / ||.||, h1 = s // 2, h2 = s - h1."""
+    halves = [paper_rectangle(side // 2, side), -paper_rectangle(side - side // 2, side)]
+    stacked = torch.cat([h / h.norm() if h.numel() else h for h in halves])
+    return stacked / stacked.norm()
+
+
+@pytest.mark.parametrize("side", [1, 2, 3, 4, 5, 7, 10, 15, 28])
+def test_the_meta_pseudo_gaussian_window_is_the_papers(side: int) -> None:
+    window = _eta(side, dtype=torch.float64)
+    assert window.shape == (side, side) and window.dtype == torch.float64
+    torch.testing.assert_close(window, paper_eta(side), atol=1e-12, rtol=0)
+    assert abs(float(window.norm()) - 1.0) < 1e-12
+    top, bottom = window[: side // 2], window[side // 2 :]
+    # Sign structure: the upper half positive, the lower half negative, no zero anywhere.
+    assert bool((top > 0).all()) and bool((bottom < 0).all())
+    if side >= 2:  # each half carries half the energy (both were normalised first)
+        assert abs(float(top.norm()) - 0.5**0.5) < 1e-12
+        assert abs(float(bottom.norm()) - 0.5**0.5) < 1e-12
+    # Odd sides are symmetric left to right; each half peaks at its centre (column
+    # side // 2, the right one of two for even sides) and falls off from it.
+    if side % 2:
+        assert torch.equal(window, window.flip(1))
+    for half in (top, bottom.neg()):
+        if half.numel():
+            r, c = half.shape[0] // 2, side // 2
+            assert float(half[r, c]) == float(half.max())
+            assert bool((half[r, c:].diff() <= 0).all()) and bool((half[r:, c].diff() <= 0).all())
+    if side == 5:  # one entry by hand: the top half's centre (row 1) is 1 + 1/4 + 1/9
+        raw = paper_rectangle(2, 5)
+        assert float(raw[1, 2]) == pytest.approx(1 + 1 / 4 + 1 / 9)
+        assert float(raw[0, 0]) == pytest.approx(1 / 9)
+
+
+def test_the_window_matches_torchattacks() -> None:
+    torchattacks = pytest.importorskip("torchattacks")
+    reference = torchattacks.Square(Linear(), norm="L2", eps=1.0)
+    for side in range(1, 30):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            theirs = reference.eta(side)  # transposed or not, at random
+        ours = _eta(side)
+        assert torch.allclose(ours, theirs, atol=1e-6) or torch.allclose(
+            ours.t(), theirs, atol=1e-6
+        )
+
+
+def test_the_l2_start_is_a_grid_of_windows_at_norm_eps() -> None:
+    """17 x 17: tiles of side 3, 5 x 5 of them from pixel 1, each +-eta(3) (or its transpose)
+    per channel, all at the same scale eps / sqrt(tiles * channels)."""
+    shape = (2, 17, 17)
+    recorder = Recorder(Constant())  # accepts nothing: every candidate is from the start
+    n, eps = 6, 1.0
+    x = torch.full((n, *shape), 0.5)  # no clipping: the largest move is about 0.1
+    y = torch.zeros(n, dtype=torch.long)
+    square(recorder, x, y, eps=eps, norm="l2", queries=2, seed=0)
+    delta = (recorder.inputs[1] - x).double()
+    torch.testing.assert_close(
+        delta.flatten(1).norm(dim=1), torch.full((n,), eps, dtype=torch.float64)
+    )
+    inside = torch.zeros(17, 17, dtype=torch.bool)
+    inside[1:16, 1:16] = True
+    assert float(delta[:, :, ~inside].abs().max()) == 0.0
+    scale = eps / math.sqrt(25 * 2)
+    eta = _eta(3, dtype=torch.float64) * scale
+    patterns = {"up": eta, "up_t": eta.t(), "down": -eta, "down_t": -eta.t()}
+    seen = set()
+    for i in range(n):
+        for r in range(5):
+            for c in range(5):
+                tile = delta[i, :, 1 + 3 * r : 4 + 3 * r, 1 + 3 * c : 4 + 3 * c]
+                names = []
+                for channel in tile:
+                    match = [
+                        k for k, v in patterns.items() if torch.allclose(channel, v, atol=1e-6)
+                    ]
+                    assert len(match) == 1
+                    names.append(match[0])
+                assert len({name.endswith("_t") for name in names}) == 1  # one shape a tile
+                seen.add(tuple(names))
+    assert len(seen) > 4  # signs and shapes vary between tiles, channels and examples
+
+
+def reference_l2_step(
+    x: Tensor,
+    current: Tensor,
+    eps: float,
+    corners: tuple[int, int, int, int],
+    window: Tensor,
+    signs: Tensor,
+) -> Tensor:
+    """One L2 update written out per channel, from the paper and AutoAttack's formula."""
+    side = window.shape[0]
+    a, b, c, d = corners  # the first window at (a, b), the second at (c, d)
+    channels = x.shape[0]
+    delta = (current - x).double()
+    both = torch.zeros(x.shape[1:], dtype=torch.bool)
+    both[a : a + side, b : b + side] = True
+    both[c : c + side, d : d + side] = True
+    spare = max(eps**2 - float(delta.norm()) ** 2, 0.0) / channels
+    out = delta.clone()
+    out[:, c : c + side, d : d + side] = 0.0
+    for k in range(channels):
+        old = delta[k, a : a + side, b : b + side]
+        new = window * float(signs[k]) + old / (old.norm() + 1e-12)
+        target = math.sqrt(spare + float(delta[k][both].norm()) ** 2)
+        out[k, a : a + side, b : b + side] = new / (new.norm() + 1e-12) * target
+    return (x.double() + eps * out / (out.norm() + 1e-12)).clamp(0.0, 1.0)
+
+
+def matches_an_l2_step(
+    x: Tensor, current: Tensor, candidate: Tensor, eps: float, side: int
+) -> bool:
+    """Whether some windows, orientation and signs make the reference step give ``candidate``.
+
+    Brute force over every pair of window positions, both orientations and every sign vector;
+    a pair is skipped unless the second window's cells outside the first are back at ``x``
+    (the step zeroes them, so they must be), which leaves few pairs to try in full.
+    """
+    height, width = x.shape[1:]
+    at_x = (candidate == x).all(dim=0)
+    eta = _eta(side, dtype=torch.float64)
+    corners = [(r, c) for r in range(height - side + 1) for c in range(width - side + 1)]
+    channels = x.shape[0]
+    sign_sets = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0])] * channels).view(-1, channels)
+    for a, b in corners:
+        for c, d in corners:
+            second_only = torch.zeros(height, width, dtype=torch.bool)
+            second_only[c : c + side, d : d + side] = True
+            second_only[a : a + side, b : b + side] = False
+            if not bool(at_x[second_only].all()):
+                continue
+            for window in (eta, eta.t()):
+                for signs in sign_sets:
+                    step = reference_l2_step(x, current, eps, (a, b, c, d), window, signs)
+                    if torch.allclose(step, candidate.double(), atol=2e-6, rtol=0):
+                        return True
+    return False
+
+
+@pytest.mark.parametrize("eps", [0.4, 3.0])
+def test_each_l2_candidate_is_the_papers_update(eps: float) -> None:
+    """Nothing is accepted (constant logits), so each candidate is one update of the start,
+    found by brute force: side 5 (round(sqrt(0.33 * 49)) = 4, made odd), then 3 (p / 64 at
+    iteration 1 of 2). eps = 3.0 clips a lot, so the spare budget term matters."""
+    shape = (2, 7, 7)
+    recorder = Recorder(Constant())  # accepts nothing: every candidate is from the start
+    n = 4
+    x, _ = l2_batch(0, n, shape)
+    y = torch.zeros(n, dtype=torch.long)
+    result = square(recorder, x, y, eps=eps, norm="l2", queries=4, p_init=0.33, seed=1)
+    assert result.model_calls == 4 and torch.equal(result.x_adv, recorder.inputs[1])
+    start = recorder.inputs[1]
+    for candidate, side in zip(recorder.inputs[2:], (5, 3), strict=True):
+        for i in range(n):
+            assert matches_an_l2_step(x[i], start[i], candidate[i], eps, side)
+    # A wrong side (or a wrong rule) matches nothing.
+    assert not matches_an_l2_step(x[0], start[0], recorder.inputs[3][0], eps, 5)
+
+
+def test_l2_candidates_spend_the_whole_budget_when_nothing_clips() -> None:
+    """Inside the box the perturbation always has norm eps, channel by channel preserved
+    (the moved mass stays in its channel), and changes lie within two squares."""
+    shape = (3, 12, 12)
+    recorder = Recorder(Constant())  # accepts nothing: every candidate is from the start
+    n, eps = 5, 0.5
+    x = torch.full((n, *shape), 0.5)
+    y = torch.zeros(n, dtype=torch.long)
+    square(recorder, x, y, eps=eps, norm="l2", queries=30, seed=0)
+    start = recorder.inputs[1] - x
+    per_channel = start.flatten(2).norm(dim=2)
+    for point in recorder.inputs[2:]:
+        delta = point - x
+        assert float(delta.abs().max()) < 0.5  # nothing was clipped
+        torch.testing.assert_close(delta.flatten(1).norm(dim=1), torch.full((n,), eps))
+        torch.testing.assert_close(delta.flatten(2).norm(dim=2), per_channel, atol=1e-5, rtol=0)
+
+
+@FAST
+@given(**CONTRACT, eps=st.one_of(st.just(0.0), st.floats(0.0, 6.0)))
+def test_l2_contract(seed: int, n: int, kind: str, eps: float, queries: int) -> None:
+    model = make_model(kind, seed).eval()
+    recorder = Recorder(model)
+    x, y = make_batch(seed + 1, n)
+    x_copy, y_copy = x.clone(), y.clone()
+
+    result = square(recorder, x, y, eps=eps, norm="l2", queries=queries, seed=seed)
+
+    assert torch.equal(x, x_copy) and torch.equal(y, y_copy)
+    x_adv = result.x_adv
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    delta = (x_adv - x).flatten(1)
+    assert bool((delta.norm(dim=1) <= eps * (1 + 1e-6)).all())
+    torch.testing.assert_close(result.l2, delta.norm(dim=1), atol=1e-6, rtol=0)
+    # Every point the algorithm queried is in the ball and the box (no help from the core).
+    for rows in recorder.inputs:
+        assert float(rows.min()) >= 0.0 and float(rows.max()) <= 1.0
+    with torch.no_grad():
+        clean = model(x).argmax(dim=1) != y
+        expected = model(x_adv).argmax(dim=1) != y
+    assert torch.equal(result.success, expected)
+    assert torch.equal(x_adv[clean], x[clean])
+    # No scoring pass: the accepted points' logits were used, so every call was a query.
+    assert result.model_calls == len(recorder.inputs) and 1 <= result.model_calls <= queries
+    if eps == 0.0 or queries == 1:
+        assert torch.equal(x_adv, x) and result.model_calls == 1
+
+
+@pytest.mark.parametrize("eps", [0.3, 1.0, 4.0])
+def test_l2_queried_points_stay_in_the_ball(eps: float) -> None:
+    model = make_model("mlp", 2).eval()
+    recorder = Recorder(model)
+    x, y = distinct_batch(3, 6)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    square(recorder, x, y, eps=eps, norm="l2", queries=60, seed=0)
+    for rows in recorder.inputs[1:]:
+        # Rows are the examples still attacked: each lies within eps of one input (L2).
+        gaps = (rows[:, None] - x[None]).flatten(2).norm(dim=2).amin(dim=1)
+        assert bool((gaps <= eps * (1 + 1e-6)).all())
+
+
+def test_l2_is_reproducible_and_private() -> None:
+    model = make_model("conv", 0)
+    x, y = make_batch(1, 8)
+    rng = torch.get_rng_state()
+    first = square(model, x, y, eps=1.0, norm="l2", queries=60, seed=7)
+    second = square(model, x, y, eps=1.0, norm="l2", queries=60, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(first.x_adv, second.x_adv) and first.model_calls == second.model_calls
+    other = square(model, x, y, eps=1.0, norm="l2", queries=60, seed=8)
+    assert not torch.equal(first.x_adv, other.x_adv)
+
+
+@pytest.mark.parametrize("queries", [1, 2, 9])
+def test_l2_spends_the_budget_exactly_when_nothing_is_fooled(queries: int) -> None:
+    recorder = Recorder(Stubborn())
+    x, _ = distinct_batch(0, 5)
+    y = torch.zeros(5, dtype=torch.long)
+    result = square(recorder, x, y, eps=2.0, norm="l2", queries=queries, seed=0)
+    assert result.model_calls == queries == len(recorder.inputs)
+    assert all(rows.shape[0] == 5 for rows in recorder.inputs)
+    assert not bool(result.success.any())
+
+
+def test_l2_fools_a_linear_model_a_step_along_the_weights_fools() -> None:
+    """Two classes, margin half of what the best L2 step (eps * ||w1 - w0||) removes."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 10, 10)
+    n, eps = 16, 1.0
+    w = torch.randn(2, math.prod(shape), generator=generator)
+    x = 0.5 + 0.1 * (torch.rand((n, *shape), generator=generator) - 0.5)
+    direction = w[1] - w[0]
+    model = Linear(math.prod(shape), 2)
+    with torch.no_grad():
+        model.fc.weight.copy_(w)
+        model.fc.bias.zero_()
+        margins = -(x.flatten(1) @ direction)
+        model.fc.bias[0] = 0.5 * eps * float(direction.norm()) - float(margins.mean())
+        assert bool((model(x).argmax(dim=1) == 0).all())
+    result = square(
+        model, x, torch.zeros(n, dtype=torch.long), eps=eps, norm="l2", queries=500, seed=0
+    )
+    assert float(result.success.float().mean()) >= 0.75
+    assert float(result.l2.max()) <= eps * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_rescale_schedule_decides_where_p_halves(rescale: bool) -> None:
+    """Observed square sides per iteration (L-inf, 10 x 10) follow the schedule read against
+    ``queries`` (rescaled) or against 10000 iterations (AutoAttack's resc_schedule=False)."""
+    shape = (1, 10, 10)
+    recorder = Recorder(Constant())  # accepts nothing: every candidate is from the start
+    queries = 60
+    x, _ = l2_batch(5, 3, shape)
+    y = torch.zeros(3, dtype=torch.long)
+    square(recorder, x, y, eps=0.2, queries=queries, rescale_schedule=rescale, seed=0)
+    start = recorder.inputs[1]
+    budget = queries if rescale else 10000
+    for iteration, candidate in enumerate(recorder.inputs[2:]):
+        expected = min(max(round(math.sqrt(_fraction(0.8, iteration, budget) * 100)), 1), 10)
+        for i in range(3):
+            rows = (candidate[i] != start[i]).any(dim=0).any(dim=1).nonzero().squeeze(1)
+            assert len(rows) == expected  # the start is constant down a column
+    assert len(rows) == (1 if rescale else 4)  # the last side: p_init / 512 against p_init / 4
+
+
+def test_l2_from_config_and_large_budgets() -> None:
+    model = make_model("conv", 5)
+    x, y = make_batch(6, 8)
+    config = {"name": "square", "norm": "l2", "eps": 2.5, "queries": 30, "seed": 3}
+    configured = from_config(config)(model, x, y)
+    direct = square(model, x, y.int(), eps=2.5, norm="l2", queries=30, seed=3)
+    assert torch.equal(configured.x_adv, direct.x_adv)
+    assert float(direct.l2.max()) <= 2.5 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"eps": 1.0, "norm": "l1"}, "norm must be 'linf' or 'l2', got 'l1'"),
+        ({"eps": -0.5, "norm": "l2"}, "eps must be"),
+        ({"eps": math.inf, "norm": "l2"}, "eps must be"),
+        ({"eps": 1.0, "norm": "l2", "p_init": 0.0}, r"p_init must be a finite number in \(0, 1\]"),
+        ({"eps": 1.0, "norm": "l2", "p_init": 1.01}, r"p_init must be a finite number in \(0, 1\]"),
+        ({"eps": 1.0, "norm": "l2", "p_init": -0.2}, "p_init must be"),
+        ({"eps": 1.0, "norm": "l2", "queries": 0}, "queries must be an integer >= 1"),
+        ({"eps": 0.1, "rescale_schedule": 1}, "rescale_schedule must be True or False"),
+    ],
+)
+def test_bad_l2_parameters(params: dict, message: str) -> None:
+    model = make_model("linear", 0)
+    x, y = make_batch(0, 3)
+    with pytest.raises(ValueError, match=message):
+        square(model, x, y, **params)
+
+
+# --------------------------------------------------------------------------- L2 on real MNIST
+class SmallMNISTNet(nn.Module):
+    """Two strided convolutions and a linear layer: about 90% on MNIST after one short epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 8, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16 * 7 * 7, 10),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def mnist_net(real_data: Path) -> tuple[nn.Module, Tensor, Tensor]:
+    """The small net trained on 10000 MNIST training images, and the first 200 test points."""
+    from advls import data
+
+    train = data.load("mnist", "train", real_data, download=False, progress=False)
+    test = data.load("mnist", "test", real_data, download=False, progress=False)
+    images, labels = train.images[:10000].float() / 255, train.labels[:10000].long()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = SmallMNISTNet()
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for start in range(0, len(labels), 50):
+            batch = slice(start, start + 50)
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimiser.step()
+    model.eval().requires_grad_(False)
+    x, y = test.images[:200].float() / 255, test.labels[:200].long()
+    with torch.no_grad():
+        assert float((model(x).argmax(dim=1) == y).float().mean()) > 0.8
+    return model, x, y
+
+
+def compare_with_torchattacks(
+    mnist_net: tuple[nn.Module, Tensor, Tensor], eps: float, iterations: int, rescale: bool
+) -> tuple[float, float]:
+    """Success rates (ours, torchattacks') of L2 Square with ``iterations`` search steps.
+
+    torchattacks' ``n_queries`` counts iterations; ours counts the clean pass and the start
+    too, so ``queries = iterations + 2`` runs as many steps.
+    """
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = mnist_net
+    ours = square(
+        model, x, y, eps=eps, norm="l2", queries=iterations + 2, rescale_schedule=rescale, seed=0
+    )
+    assert float(ours.l2.max()) <= eps * (1 + 1e-6)
+    assert ours.model_calls <= iterations + 2
+    reference = torchattacks.Square(
+        model,
+        norm="L2",
+        eps=eps,
+        n_queries=iterations,
+        n_restarts=1,
+        p_init=0.8,
+        loss="margin",
+        resc_schedule=rescale,
+        seed=0,
+    )
+    with torch.random.fork_rng():  # it seeds the global RNG
+        x_theirs = reference(x, y)
+    with torch.no_grad():
+        theirs = float((model(x_theirs).argmax(dim=1) != y).float().mean())
+    print(
+        f"L2 eps {eps}, {iterations} iterations: ours {ours.success_rate:.3f}, theirs {theirs:.3f}"
+    )
+    return ours.success_rate, theirs
+
+
+def tolerance(ours: float, theirs: float, n: int) -> float:
+    """Three standard deviations of the difference of two independent success rates on ``n``
+    points (at least one point). The two runs draw independent randomness on the same points;
+    given the points, each rate's variance is ``sum_i p_i (1 - p_i) / n^2 <= p (1 - p) / n``
+    (``p_i``: point ``i``'s chance of being fooled), so the pooled binomial bound is
+    conservative and a one-sided check ``ours >= theirs - tolerance`` fails a correct
+    implementation with probability below 0.2%."""
+    pooled = (ours + theirs) / 2
+    return max(3 * math.sqrt(2 * pooled * (1 - pooled) / n), 1 / n)
+
+
+@pytest.mark.slow
+def test_l2_is_as_strong_as_torchattacks_on_real_mnist(
+    mnist_net: tuple[nn.Module, Tensor, Tensor],
+) -> None:
+    ours, theirs = compare_with_torchattacks(mnist_net, 2.0, 200, rescale=True)
+    assert 0.2 < theirs < 0.95  # a regime where a weaker search would show
+    assert ours >= theirs - tolerance(ours, theirs, 200)
+
+
+@pytest.mark.slower
+@pytest.mark.parametrize(
+    "eps,rescale", [(1.5, True), (2.0, True), (2.0, False)], ids=["1.5", "2.0", "2.0-autoattack"]
+)
+def test_l2_is_as_strong_as_torchattacks_at_1000_queries(
+    mnist_net: tuple[nn.Module, Tensor, Tensor], eps: float, rescale: bool
+) -> None:
+    """200 points, 1000 iterations; ``rescale_schedule=False`` is AutoAttack's own setting."""
+    ours, theirs = compare_with_torchattacks(mnist_net, eps, 1000, rescale=rescale)
+    assert 0.2 < theirs < 0.98
+    assert ours >= theirs - tolerance(ours, theirs, 200)

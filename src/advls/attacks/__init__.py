@@ -8,12 +8,14 @@ enforced once, in :mod:`advls.attacks.core`; each attack module holds only its a
 ========== ================================================================================
 ``fgsm``    one signed-gradient step (L-inf)
 ``fgm``     one normalised-gradient step (L2)
+``fab``     FAB (Croce & Hein): minimal or bounded L-inf / L2, untargeted or FAB-T
 ``bim``     iterative FGSM with projection every step, no random start (Kurakin)
 ``pgd``     BIM with random start and restarts, L-inf or L2 (Madry)
 ``deepfool`` minimal L2 / L-inf perturbation, batched, top-k candidate classes
 ``cw_l2``   Carlini-Wagner L2 with per-example binary search over c
-``apgd``    APGD (Croce & Hein) with CE or DLR loss, L-inf or L2, no step size to tune
-``square``  Square attack: score-based L-inf random search, never calls backward
+``apgd``    APGD (Croce & Hein) with CE or DLR loss, L-inf or L2, no step size to tune;
+            ``targeted=True`` is APGD-T over the top runner-up classes
+``square``  Square attack: score-based L-inf or L2 random search, never calls backward
 ``transfer`` adversarials crafted on a surrogate model, evaluated on the target
 ========== ================================================================================
 
@@ -31,13 +33,15 @@ from advls.attacks.apgd import apgd  # isort: skip
 from advls.attacks.square import square  # isort: skip
 from advls.attacks.transfer import transfer  # isort: skip
 from advls.attacks.fgm import fgm  # isort: skip
-from advls.attacks.core import ATTACKS, AttackResult, eval_mode, from_config
+from advls.attacks.fab import fab  # isort: skip
+from advls.attacks.core import ATTACKS, NORMS, AttackResult, eval_mode, from_config
 from advls.attacks.objectives import LOSSES, attack_loss
 from advls.attacks.validation import check_eps
 
 __all__ = [
     "ATTACKS",
     "LOSSES",
+    "NORMS",
     "AttackResult",
     "apgd",
     "attack_loss",
@@ -46,6 +50,7 @@ __all__ = [
     "cw_l2",
     "deepfool",
     "eval_mode",
+    "fab",
     "fgm",
     "fgsm",
     "from_config",

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from advls.attacks.core import register
 from advls.attacks.geometry import Geometry, Norm, geometry, per_example
-from advls.attacks.objectives import LossFn, attack_loss
-from advls.attacks.restarts import restart
+from advls.attacks.objectives import TARGETED_LOSSES, LossFn, attack_loss, targeted_loss
+from advls.attacks.restarts import over_targets, restart
 from advls.attacks.validation import check_fraction, make_generator
 
 __all__ = ["apgd"]
@@ -73,17 +73,32 @@ def _checkpoints(steps: int) -> tuple[int, ...]:
 
 
 def _evaluate(
-    model: nn.Module, x: Tensor, y: Tensor, objective: LossFn, *, gradient: bool
+    model: nn.Module, x: Tensor, y: Tensor, objective: LossFn, *, gradient: bool, eot_iter: int
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Per-example loss, its input gradient (if asked; a fresh contiguous tensor) and whether
-    the model misclassifies ``x``: one forward (and backward) pass."""
+    the model misclassifies ``x``: one forward (and backward) pass, or ``eot_iter`` of them.
+
+    With ``eot_iter > 1`` loss and gradient are means over the passes (expectation over
+    transformation); "misclassified" is read off the last pass, as AutoAttack does.
+    """
     with torch.enable_grad() if gradient else torch.no_grad():
         leaf = x.detach().requires_grad_(gradient)
-        logits = model(leaf)
-        loss = objective(logits, y)
-        # An expanded gradient (an input the loss ignores) cannot be updated in place.
-        grad = torch.autograd.grad(loss.sum(), leaf)[0].contiguous() if gradient else None
-    return loss.detach(), grad, logits.detach().argmax(dim=1) != y
+        total: Tensor | None = None
+        grad: Tensor | None = None
+        for _ in range(eot_iter if gradient else 1):
+            logits = model(leaf)
+            loss = objective(logits, y)
+            if gradient:
+                # An expanded gradient (an input the loss ignores) cannot be updated in place.
+                found = torch.autograd.grad(loss.sum(), leaf)[0].contiguous()
+                grad = found if grad is None else grad.add_(found)
+            total = loss.detach() if total is None else total + loss.detach()
+        assert total is not None
+        if eot_iter > 1 and gradient:
+            assert grad is not None
+            grad.div_(eot_iter)
+            total = total / eot_iter
+    return total.detach(), grad, logits.detach().argmax(dim=1) != y
 
 
 def _run(
@@ -97,6 +112,7 @@ def _run(
     steps: int,
     rho: float,
     objective: LossFn,
+    eot_iter: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One APGD run from ``start`` (consumed as a buffer).
 
@@ -111,7 +127,7 @@ def _run(
     project_ = ball.projection(x, eps)
 
     current = start
-    loss, grad, fooled = _evaluate(model, current, y, objective, gradient=True)
+    loss, grad, fooled = _evaluate(model, current, y, objective, gradient=True, eot_iter=eot_iter)
     assert grad is not None
     best = loss.clone()  # highest loss so far (it drives the checkpoints)
     chosen = current.clone()  # highest-loss iterate, frozen at the first misclassified one
@@ -154,7 +170,9 @@ def _run(
         previous, current = current, following
 
         last = k == steps - 1
-        loss, grad, fooled_now = _evaluate(model, current, y, objective, gradient=not last)
+        loss, grad, fooled_now = _evaluate(
+            model, current, y, objective, gradient=not last, eot_iter=eot_iter
+        )
         increases += loss > previous_loss
         previous_loss = loss
         improved = loss > best
@@ -174,41 +192,72 @@ def apgd(
     y: Tensor,
     *,
     eps: float,
-    loss: str | LossFn = "ce",
+    loss: str | LossFn | None = None,
     norm: Norm = "linf",
     steps: int = 100,
     restarts: int = 1,
     rho: float = 0.75,
+    targeted: bool = False,
+    target_classes: int = 9,
+    eot_iter: int = 1,
     smoothing: dict | None = None,
     seed: int | torch.Generator | None = None,
 ) -> Tensor:
     """APGD (Croce & Hein 2020): PGD with momentum and a step size it adapts by itself.
 
     See the module docstring for the algorithm. Each run starts at a uniform random point of
-    the eps-ball (as PGD), clipped to [0, 1].
+    the eps-ball (as PGD), clipped to [0, 1]. With ``targeted``, APGD-T: for each of the
+    ``target_classes`` highest runner-up classes at the clean input in turn, the points no
+    earlier target fooled are attacked with the targeted loss toward that class (``restarts``
+    runs per target); a point counts as fooled when misclassified as anything but ``y``.
 
     Args:
         eps: budget in [0, 1] pixel units (at most 1 for L-inf).
-        loss: ``ce``, ``dlr`` (APGD-DLR: invariant to shifting and scaling the logits),
-            ``margin``, ``smoothed`` or a callable (see ``attack_loss``).
+        loss: untargeted: ``ce`` (the default), ``dlr`` (APGD-DLR: invariant to shifting
+            and scaling the logits), ``margin``, ``smoothed`` or a callable (see
+            ``attack_loss``). Targeted: ``dlr`` (the default: APGD-T's targeted DLR, which
+            needs K >= 4) or ``ce`` (minus the cross-entropy to the target).
         norm: ``linf`` (sign steps) or ``l2`` (unit-gradient steps).
         steps: iterations per run (the paper uses 100).
         restarts: number of runs (>= 1); later runs attack only the examples not yet fooled.
         rho: the fraction of loss-raising steps below which the step size is halved, in
             (0, 1); the paper's 0.75.
+        targeted: APGD-T (see above); AutoAttack's ``standard`` version targets 9 classes.
 
-    ``model_calls``: ``steps + 2`` for one run, ``R * (steps + 1) + 1`` for ``R`` runs, or
-    ``r * (steps + 1) + 1`` when all examples were fooled after ``r < restarts`` runs.
+    ``model_calls`` (with ``E = eot_iter``): ``E * steps + 2`` for one run,
+    ``R * (E * steps + 1) + 1`` for ``R`` runs, fewer when all examples were fooled early.
+    Targeted: one clean forward pass, then that per target over the points still robust.
     """
     rho = check_fraction(rho, "rho")
-    objective = attack_loss(loss, **(smoothing or {}))
     ball = geometry(norm)
     generator = make_generator(seed, x.device)
+    options = {"ball": ball, "eps": eps, "steps": steps, "rho": rho, "eot_iter": eot_iter}
 
-    def run(xs: Tensor, ys: Tensor, last: bool) -> tuple[Tensor, Tensor, Tensor]:
-        start = ball.random_start(xs, eps, generator)
-        return _run(
-            model, xs, ys, start, ball=ball, eps=eps, steps=steps, rho=rho, objective=objective
+    if not targeted:
+        objective = attack_loss("ce" if loss is None else loss, **(smoothing or {}))
+
+        def run(xs: Tensor, ys: Tensor, last: bool) -> tuple[Tensor, Tensor, Tensor]:
+            start = ball.random_start(xs, eps, generator)
+            return _run(model, xs, ys, start, objective=objective, **options)
+
+        return restart(run, x, y, restarts)[0]
+
+    name = "dlr" if loss is None else loss
+    if name not in TARGETED_LOSSES:
+        raise ValueError(
+            f"a targeted apgd's loss must be one of {', '.join(TARGETED_LOSSES)}, got {loss!r}"
         )
 
-    return restart(run, x, y, restarts)
+    def toward(xs: Tensor, ys: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        # The target rides beside the label, so the restart driver's row selection keeps the
+        # two together.
+        def run(xs: Tensor, pairs: Tensor, last: bool) -> tuple[Tensor, Tensor, Tensor]:
+            start = ball.random_start(xs, eps, generator)
+            objective = targeted_loss(name, pairs[:, 1])
+            return _run(model, xs, pairs[:, 0], start, objective=objective, **options)
+
+        found, fooled = restart(run, xs, torch.stack((ys, target), dim=1), restarts)
+        assert fooled is not None  # every APGD run says which points it fooled
+        return found, fooled
+
+    return over_targets(model, toward, x, y, target_classes)

@@ -5,8 +5,10 @@ adversarial inputs (or ``(x_adv, logits)`` when it already holds the model's log
 :func:`register` turns it into the public attack, which
 
 1. checks the parameters every attack shares, by name, with one rule each: ``eps`` (against
-   the attack's ``norm``), ``norm``, ``steps``/``restarts``/``queries``/
-   ``binary_search_steps``, ``step_size``, ``random_start``/``abort_early`` and ``seed``;
+   the attack's ``norm``; ``None`` where an attack may also run unbounded), ``norm``,
+   ``steps``/``restarts``/``queries``/``binary_search_steps``/``eot_iter``/
+   ``target_classes``, ``step_size``, ``random_start``/``abort_early``/``targeted`` and
+   ``seed``;
 2. checks ``x`` (floats in [0, 1]) and ``y`` (1-D integer labels of the same length);
 3. puts the model in eval mode with its parameters frozen (restored afterwards), and wraps it
    to count forward passes and to check its first output (``(N, K)`` logits, labels in range);
@@ -45,6 +47,7 @@ from advls.attacks.validation import (
 
 __all__ = [
     "ATTACKS",
+    "NORMS",
     "Attack",
     "AttackResult",
     "CountingModel",
@@ -136,16 +139,23 @@ Algorithm = Callable[..., Tensor | tuple[Tensor, Tensor]]
 
 #: Every attack by name, in the order registered.
 ATTACKS: dict[str, Attack] = {}
+#: The norms each attack takes (``None``: the attack passes its norm on, as transfer does).
+NORMS: dict[str, tuple[Norm, ...] | None] = {}
 
 #: Integer parameters shared by several attacks; each must be >= 1.
-_COUNTS = ("steps", "restarts", "queries", "binary_search_steps")
+_COUNTS = ("steps", "restarts", "queries", "binary_search_steps", "eot_iter", "target_classes")
 #: Switches shared by several attacks; each must be a bool.
-_SWITCHES = ("random_start", "abort_early")
+_SWITCHES = ("random_start", "abort_early", "targeted")
 #: What the shared parameters mean, added to an attack's docstring unless it says otherwise.
 _SHARED_DOCS = {
     "loss": "``ce``, ``margin``, ``dlr``, ``smoothed`` (the model's own training loss) or a "
     "callable ``(logits, labels) -> (N,)`` (see ``attack_loss``).",
     "smoothing": 'for ``loss="smoothed"``: the model\'s ``{"method", "alpha", "temperature"}``.',
+    "eot_iter": "gradients averaged over this many forward+backward passes at each point "
+    "(expectation over transformation, for randomized models; 1 for deterministic ones).",
+    "target_classes": "how many of the model's top runner-up classes at the clean input are "
+    "targeted in turn (1 <= target_classes < K); a point is attacked for the next target only "
+    "while no earlier one fooled it.",
     "seed": "an integer seeds a private generator on the input's device, so the result is "
     "reproducible and the global RNG is left alone; a ``torch.Generator`` is drawn from as it "
     "is; ``None`` draws from the global RNG.",
@@ -159,7 +169,8 @@ def _check_shared(arguments: dict[str, Any], norms_allowed: tuple[Norm, ...] | N
         if norm not in norms_allowed:
             allowed = " or ".join(repr(n) for n in norms_allowed)
             raise ValueError(f"norm must be {allowed}, got {norm!r}")
-        if "eps" in arguments:
+        # ``eps=None`` is a minimal-perturbation run of an attack that takes a budget (FAB).
+        if arguments.get("eps") is not None:
             arguments["eps"] = check_eps(arguments["eps"], norm)
     for name in _COUNTS:
         if name in arguments:
@@ -203,7 +214,7 @@ def register(
                 found = algorithm(counted, x0, labels, **arguments.kwargs)
                 x_adv, logits = found if isinstance(found, tuple) else (found, None)
                 x_adv = x_adv.detach()
-                if bounded:
+                if bounded and arguments.arguments["eps"] is not None:
                     contained = geometry(norm).enforce(x_adv, x0, arguments.arguments["eps"])
                 else:
                     contained = x_adv.clamp(0.0, 1.0)
@@ -214,6 +225,7 @@ def register(
         attack.__doc__ = _document_shared(algorithm.__doc__ or "", signature.parameters)
         attack.__signature__ = signature.replace(return_annotation="AttackResult")  # type: ignore[attr-defined]
         ATTACKS[name] = attack
+        NORMS[name] = norms
         return attack
 
     return decorate

@@ -76,9 +76,7 @@ def deepfool(
 
     with torch.no_grad():
         clean_logits = model(x)
-    num_classes = clean_logits.shape[1]
-    if num_classes < 2:
-        raise ValueError(f"DeepFool needs a model with at least 2 classes, got {num_classes}")
+    num_classes = clean_logits.shape[1]  # >= 2: the counted model checked the first output
     candidates = min(candidates, num_classes)
     classes = _candidate_classes(clean_logits, y, candidates)
     x_adv = x.clone()

@@ -32,6 +32,7 @@ def fgm(
     seed: int | torch.Generator | None = None,
     loss: str | LossFn = "ce",
     smoothing: dict | None = None,
+    eot_iter: int = 1,
 ) -> Tensor:
     """``clip(x + eps * grad / ||grad||_2, 0, 1)`` with ``grad = grad_x loss(model(x), y)``.
 
@@ -44,6 +45,5 @@ def fgm(
     """
     objective = attack_loss(loss, **(smoothing or {}))
     start = L2.random_start(x, eps, make_generator(seed, x.device)) if random_start else x.clone()
-    return ascend(
-        model, x, y, start, geometry=L2, eps=eps, steps=1, step_size=eps, objective=objective
-    )
+    one_step = {"geometry": L2, "eps": eps, "steps": 1, "step_size": eps}
+    return ascend(model, x, y, start, objective=objective, eot_iter=eot_iter, **one_step)

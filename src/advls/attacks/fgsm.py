@@ -21,6 +21,7 @@ def fgsm(
     eps: float,
     loss: str | LossFn = "ce",
     smoothing: dict | None = None,
+    eot_iter: int = 1,
 ) -> Tensor:
     """``clip(x + eps * sign(grad_x loss(model(x), y)), 0, 1)``.
 
@@ -30,6 +31,5 @@ def fgsm(
     ``model_calls == 2`` (the gradient, then the final scoring).
     """
     objective = attack_loss(loss, **(smoothing or {}))
-    return ascend(
-        model, x, y, x.clone(), geometry=LINF, eps=eps, steps=1, step_size=eps, objective=objective
-    )
+    one_step = {"geometry": LINF, "eps": eps, "steps": 1, "step_size": eps}
+    return ascend(model, x, y, x.clone(), objective=objective, eot_iter=eot_iter, **one_step)

@@ -37,6 +37,7 @@ def bim(
     step_size: float | None = None,
     loss: str | LossFn = "ce",
     smoothing: dict | None = None,
+    eot_iter: int = 1,
 ) -> Tensor:
     """Basic iterative method (Kurakin et al.): iterated FGSM projected every step.
 
@@ -57,7 +58,7 @@ def bim(
     step = eps / steps if step_size is None else step_size
     return ascend(
         model, x, y, x.clone(), geometry=LINF, eps=eps, steps=steps, step_size=step,
-        objective=objective,
+        objective=objective, eot_iter=eot_iter,
     )  # fmt: skip
 
 
@@ -75,6 +76,7 @@ def pgd(
     random_start: bool = True,
     loss: str | LossFn = "ce",
     smoothing: dict | None = None,
+    eot_iter: int = 1,
     seed: int | torch.Generator | None = None,
 ) -> Tensor:
     """Projected gradient descent (Madry et al.), L-inf (sign step) or L2 (unit-gradient step).
@@ -107,11 +109,11 @@ def pgd(
         start = ball.random_start(xs, eps, generator) if random_start else xs.clone()
         found = ascend(
             model, xs, ys, start, geometry=ball, eps=eps, steps=steps, step_size=step,
-            objective=objective,
+            objective=objective, eot_iter=eot_iter,
         )  # fmt: skip
         if last:
             return found, None, None
         with torch.no_grad():
             return found, model(found).argmax(dim=1) != ys, None
 
-    return restart(run, x, y, restarts if random_start else 1)
+    return restart(run, x, y, restarts if random_start else 1)[0]

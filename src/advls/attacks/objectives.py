@@ -10,9 +10,20 @@ from torch import Tensor
 
 from advls.losses import smoothed_cross_entropy
 
-__all__ = ["LOSSES", "LossFn", "attack_loss", "dlr", "margin"]
+__all__ = [
+    "LOSSES",
+    "TARGETED_LOSSES",
+    "LossFn",
+    "attack_loss",
+    "dlr",
+    "margin",
+    "targeted_dlr",
+    "targeted_loss",
+]
 
 LOSSES: tuple[str, ...] = ("ce", "margin", "dlr", "smoothed")
+#: The losses of a targeted attack (APGD-T): each rises as the target class gains on ``y``.
+TARGETED_LOSSES: tuple[str, ...] = ("dlr", "ce")
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-example loss to ascend
 
 
@@ -29,6 +40,39 @@ def dlr(logits: Tensor, y: Tensor) -> Tensor:
         raise ValueError(f"the dlr loss needs at least 3 classes, got {logits.shape[1]}")
     ordered = logits.sort(dim=1, descending=True).values
     return margin(logits, y) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def targeted_dlr(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Croce & Hein's targeted DLR: ``(z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2)``.
+
+    ``pi`` orders the logits from the highest; scaling and shifting the logits leave it
+    unchanged. It needs the fourth-highest logit, so at least 4 classes.
+    """
+    if logits.shape[1] < 4:
+        raise ValueError(
+            f"the targeted dlr loss needs at least 4 classes, got {logits.shape[1]} "
+            "(use loss='ce' for a targeted attack on fewer classes)"
+        )
+    ordered = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    aimed = logits.gather(1, target[:, None]).squeeze(1)
+    spread = ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12
+    return (aimed - true) / spread
+
+
+def targeted_loss(loss: str, target: Tensor) -> LossFn:
+    """The per-example loss a targeted attack toward ``target`` ascends.
+
+    ``dlr`` (APGD-T's targeted DLR, K >= 4) or ``ce`` (minus the cross-entropy to the
+    target, which AutoAttack uses where DLR is undefined).
+    """
+    if loss == "dlr":
+        return lambda logits, y: targeted_dlr(logits, y.long(), target)
+    if loss == "ce":
+        return lambda logits, y: -F.cross_entropy(logits, target, reduction="none")
+    raise ValueError(
+        f"a targeted attack's loss must be one of {', '.join(TARGETED_LOSSES)}, got {loss!r}"
+    )
 
 
 def _per_example(loss: LossFn) -> LossFn:

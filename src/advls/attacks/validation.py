@@ -15,6 +15,7 @@ __all__ = [
     "check_logits",
     "check_number",
     "check_seed",
+    "check_target_classes",
     "make_generator",
 ]
 
@@ -94,13 +95,29 @@ def check_batch(x: Tensor, y: Tensor) -> None:
 
 
 def check_logits(logits: object, y: Tensor) -> None:
-    """The model's output must be (N, K) logits and the labels must lie in [0, K)."""
+    """The model's output must be (N, K) logits, K >= 2, and the labels must lie in [0, K)."""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(
             f"the model must return logits of shape (N, K) = ({y.shape[0]}, K), got {shape}"
         )
+    if logits.shape[1] < 2:
+        raise ValueError(
+            "the model must return logits of at least 2 classes (K >= 2), "
+            f"got K = {logits.shape[1]}"
+        )
     if y.numel():
         low, high = torch.aminmax(y)
         if int(low) < 0 or int(high) >= logits.shape[1]:
             raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}]")
+
+
+def check_target_classes(target_classes: int, num_classes: int) -> int:
+    """Targets among the ``K - 1`` runner-up classes: ``1 <= target_classes < K``."""
+    check_int(target_classes, "target_classes")
+    if target_classes >= num_classes:
+        raise ValueError(
+            f"target_classes must be below the number of classes K = {num_classes} (at most "
+            f"{num_classes - 1} runner-up classes can be targeted), got {target_classes}"
+        )
+    return target_classes

@@ -42,8 +42,10 @@ def evaluate(
     protocol: Annotated[
         list[str] | None,
         typer.Option(
-            help="paper, standard or strong (repeatable; default strong). Give paper and "
-            "strong together to see the gap between them."
+            help="paper, standard, strong, autoattack (AutoAttack's standard version), "
+            "autoattack-l2 (at the L2 budgets) or autoattack-rand (EOT, for randomized "
+            "models); repeatable, default strong. Give paper and strong together to see the "
+            "gap between them."
         ),
     ] = None,
     eps: Annotated[
@@ -62,7 +64,10 @@ def evaluate(
     ] = None,
     l2_budget: Annotated[
         list[str] | None,
-        typer.Option(help="L2 budgets at which DeepFool/CW distances are read as accuracy."),
+        typer.Option(
+            help="L2 budgets: where DeepFool/CW distances are read as accuracy, and where "
+            "autoattack-l2 attacks (default 1,1.5,2 for MNIST, 0.25,0.5,1 for colour images)."
+        ),
     ] = None,
     points: Annotated[
         int, typer.Option("--n", help="Evaluate the first N points of the split.")
@@ -84,8 +89,8 @@ def evaluate(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per attack.")] = True,
 ) -> None:
-    """Evaluate a checkpoint under the paper, standard and strong protocols, with the
-    gradient-masking audit.
+    """Evaluate a checkpoint under the paper, standard, strong and AutoAttack protocols, with
+    the gradient-masking audit.
 
     Prints robust accuracy per attack and eps over all points (clean errors count as
     failures), the per-example worst case of each protocol, DeepFool/CW distances, and
@@ -96,6 +101,8 @@ def evaluate(
         advls evaluate --checkpoint runs/als --protocol paper --protocol strong --surrogate runs/ce
 
         advls evaluate --checkpoint runs/als --eps 0.1,0.3 --n 500 --out results/als
+
+        advls evaluate --checkpoint runs/als --protocol autoattack --eps 0.3
     """
     from rich.progress import Progress
 

@@ -1,12 +1,16 @@
 """Gradient-masking checks (Carlini et al. 2019's checklist, AutoAttack's sanity checks).
 
 Each check is one class holding all of itself: the flag it raises, how it judges an
-evaluation and, when the protocols' attacks are not enough, what it measures first (the input
-gradients, or an extra attack run through the evaluation's shared runner, so an attack a
-protocol already ran is not run again) and how that measurement is stored. A check that lacks
-what it needs (e.g. the protocol gap without the ``strong`` protocol) comes back
-``checked=False`` rather than silently clean. :data:`CHECKS` is the registry: adding a check
-is writing its class and listing it there; flags come in the registry's order.
+evaluation and, when the protocols' attacks are not enough, what it measures first (a few
+clean forward passes, the input gradients, or an extra attack run through the evaluation's
+shared runner, so an attack a protocol already ran is not run again) and how that measurement
+is stored. The preflight checks come first: outputs that are probabilities rather than
+logits, a randomized model, a model handed over in train mode or with dropout that
+``model.eval()`` leaves active. They ask whether the attacks can be trusted at all.
+
+A check that lacks what it needs (e.g. the protocol gap without the ``strong`` protocol)
+comes back ``checked=False`` rather than silently clean. :data:`CHECKS` is the registry:
+adding a check is writing its class and listing it there; flags come in the registry's order.
 
 Differences of accuracy count only beyond ``Thresholds.tolerance`` or two points of the
 sample, whichever is larger, so a check does not fire on sampling noise.
@@ -38,14 +42,16 @@ __all__ = [
     "audit_records",
     "measure_checks",
     "raise_flags",
+    "zero_gradient_count",
     "zero_gradient_fraction",
 ]
 
 #: What a check's measurement needs, which sets when it runs (see :data:`STAGES`).
-Stage = Literal["gradients", "bounded attack", "minimal attack"]
-#: The order measurements run in, and within a stage the registry's: gradients first, then
-#: extra attacks with a budget, then unbounded ones, the order protocols list theirs in.
-STAGES: tuple[Stage, ...] = ("gradients", "bounded attack", "minimal attack")
+Stage = Literal["preflight", "gradients", "bounded attack", "minimal attack"]
+#: The order measurements run in, and within a stage the registry's: clean forward passes
+#: and the model's modes first, then gradients, then extra attacks with a budget, then
+#: unbounded ones, the order protocols list theirs in.
+STAGES: tuple[Stage, ...] = ("preflight", "gradients", "bounded attack", "minimal attack")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,16 @@ class Thresholds:
     unbounded_success: float = 0.99  # an unbounded attack must fool at least this share
     above_chance: float = 0.02  # accuracy at the large eps may exceed 1/K by this much
     zero_gradients: float = 0.05  # share of points whose input gradient is exactly zero
+    # ... or this many points, whatever their share (AutoAttack warns at one). A zero CE
+    # gradient needs every wrong logit ~90 behind in float32; plainly trained MNIST models
+    # stay under 45 (see ZeroGradients), so one such point is already a finding.
+    zero_gradient_points: int = 1
+    # Outputs within this of [0, inf) and of summing to 1 per row are probabilities
+    # (AutoAttack's 1e-5: a float32 softmax sums to 1 within ~1e-7 for K up to thousands).
+    probability_tolerance: float = 1e-5
+    # Two passes over the same points differ when the L2 distance of their L2-normalised
+    # outputs exceeds this for some point (AutoAttack's 1e-4: far above float32 noise).
+    output_change: float = 1e-4
     # A weaker protocol's worst case minus the strong one's. BIM with eps/steps steps from the
     # clean point trails the strong suite by up to ~0.2 on a plainly trained LeNet-MNIST (the
     # weaker attack alone), so only a larger gap says the gradients themselves mislead.
@@ -203,7 +219,7 @@ class NotMonotone(EvidenceCheck):
             series.setdefault(key, []).append((outcome.eps, outcome.robust_accuracy))
         for protocol in evaluation.protocol_names:
             series[(protocol, "worst case")] = [
-                (eps, evaluation.worst_case(protocol, eps)) for eps in evaluation.eps
+                (eps, evaluation.worst_case(protocol, eps)) for eps in evaluation.budgets(protocol)
             ]
         evidence = []
         checked = False
@@ -291,7 +307,9 @@ class ProtocolGap(EvidenceCheck):
         if "strong" not in evaluation.protocol_names or len(evaluation.protocol_names) < 2:
             raise NotChecked("needs the strong protocol and another one")
         evidence = []
-        for protocol in evaluation.protocol_names:
+        linf = [p.name for p in evaluation.protocols if p.norm == "linf"]
+        for protocol in linf:
+            # The strong protocol is L-inf: only protocols at the same budgets compare.
             if protocol == "strong":
                 continue
             for eps in evaluation.eps:
@@ -311,18 +329,260 @@ class ProtocolGap(EvidenceCheck):
         return evidence
 
 
+# --------------------------------------------------------------------------- preflight
+def _outputs(runner: AttackRunner, images: Tensor) -> Tensor:
+    """The model's outputs on ``images`` in eval mode, batch by batch, as float64 rows."""
+    rows = []
+    with torch.no_grad(), eval_mode(runner.model):
+        for start in range(0, len(images), runner.batch_size):
+            output = runner.model(to_unit(images[start : start + runner.batch_size], runner.device))
+            # float64: a row sum of K float32 probabilities must not gain its own rounding.
+            rows.append(output.detach().flatten(1).to("cpu", torch.float64))
+    return torch.cat(rows)
+
+
+def _number(value: Any) -> float:
+    """A measured number; NaN where it was written as null (non-finite) or is missing."""
+    return math.nan if value is None else float(value)
+
+
+class ProbabilityOutputs(Check):
+    """Outputs that are a probability distribution per point rather than logits.
+
+    A softmax on top is invisible to accuracy but not to attacks: cross-entropy of
+    probabilities has vanishing gradients, and DLR's differences of probabilities mean
+    nothing. Measured on every correctly classified point, one forward pass.
+    """
+
+    name = "probability_outputs"
+    measures = "preflight"
+
+    def measure(self, runner: AttackRunner, *, seed: int) -> dict[str, Any]:
+        """The rows checked, their smallest entry and their largest ``|row sum - 1|``."""
+        if not len(runner.images):
+            return {"probability_rows": 0}
+        rows = _outputs(runner, runner.images)
+        return {
+            "probability_rows": len(rows),
+            "output_min": float(rows.min()),
+            "output_row_sum_error": float((rows.sum(dim=1) - 1).abs().max()),
+        }
+
+    def records(self, measured: SanityChecks) -> list[AuditRecord]:
+        """``probability_outputs / min`` and ``/ row_sum_error``, where rows were checked."""
+        if not measured.get("probability_rows"):
+            return []
+        return [
+            AuditRecord("probability_outputs", None, "min", _number(measured.output_min)),
+            AuditRecord(
+                "probability_outputs", None, "row_sum_error",
+                _number(measured.output_row_sum_error),
+            ),
+        ]  # fmt: skip
+
+    def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
+        rows = _measured(evaluation, "probability_rows", "the clean outputs were not measured")
+        if not rows:
+            raise NotChecked("no correctly classified point to forward")
+        low = _number(evaluation.checks.get("output_min"))
+        error = _number(evaluation.checks.get("output_row_sum_error"))
+        tolerance = thresholds.probability_tolerance
+        raised = low >= -tolerance and error <= tolerance  # False for NaN outputs
+        evidence = [{"rows": rows, "min": low, "max_row_sum_error": error}]
+        if raised:
+            message = (
+                f"all {rows} outputs are probabilities (min {low:.3g}, every row sums to 1 "
+                f"within {error:.1e}): return logits, since a softmax on top makes "
+                "cross-entropy gradients vanish and DLR meaningless"
+            )
+        else:
+            message = f"outputs are logits (min {low:.3g}, largest row-sum error {error:.3g})"
+        return self.flag(raised, message, evidence)
+
+
+class Randomized(Check):
+    """Outputs that change between two forward passes of the same points in eval mode.
+
+    Gradients of a randomized model are of one draw; attacks must average them (EOT).
+    AutoAttack's test: ``passes`` passes over up to ``points`` points; the model is
+    randomized when some point's L2-normalised outputs move by more than
+    ``Thresholds.output_change`` between two passes, or its prediction changes.
+    """
+
+    name = "randomized"
+    measures = "preflight"
+    points: ClassVar[int] = 250
+    passes: ClassVar[int] = 5
+
+    def measure(self, runner: AttackRunner, *, seed: int) -> dict[str, Any]:
+        """The largest change of normalised outputs over pairs of passes, and how many
+        points' predictions change, on the first correctly classified points."""
+        images, labels = runner.images[: self.points], runner.labels[: self.points]
+        if not len(images):
+            return {"randomized_points": 0}
+        outputs = torch.stack([_outputs(runner, images) for _ in range(self.passes)])
+        # NaN would make every distance NaN: a point NaN in every pass has not changed.
+        finite = outputs.nan_to_num(nan=0.0, posinf=1e30, neginf=-1e30)
+        unit = finite / (finite.norm(dim=2, keepdim=True) + 1e-10)
+        largest = max(
+            float((unit[a] - unit[b]).norm(dim=1).max())
+            for a in range(self.passes)
+            for b in range(a + 1, self.passes)
+        )
+        predictions = outputs.argmax(dim=2)
+        return {
+            "randomized_points": len(images),
+            "randomized_passes": self.passes,
+            "randomized_max_difference": largest,
+            "randomized_changed_predictions": int((predictions != predictions[0]).any(0).sum()),
+            "randomized_correct": (predictions == labels.to(predictions.device)).sum(1).tolist(),
+        }
+
+    def records(self, measured: SanityChecks) -> list[AuditRecord]:
+        """``randomized / max_difference`` and ``/ changed_predictions``, where measured."""
+        if not measured.get("randomized_points"):
+            return []
+        changed = float(measured.randomized_changed_predictions)
+        return [
+            AuditRecord(
+                "randomized", None, "max_difference", _number(measured.randomized_max_difference)
+            ),
+            AuditRecord("randomized", None, "changed_predictions", changed),
+        ]
+
+    def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
+        points = _measured(evaluation, "randomized_points", "repeated passes were not measured")
+        if not points:
+            raise NotChecked("no correctly classified point to forward")
+        checks = evaluation.checks
+        largest = _number(checks.get("randomized_max_difference"))
+        changed = int(checks.get("randomized_changed_predictions", 0))
+        correct = list(checks.get("randomized_correct", []))
+        # A change in the count of correct predictions (AutoAttack's other test) implies one.
+        raised = largest > thresholds.output_change or changed > 0
+        evidence = [
+            {"points": points, "passes": checks.get("randomized_passes"),
+             "max_difference": largest, "changed_predictions": changed, "correct": correct}
+        ]  # fmt: skip
+        passes = checks.get("randomized_passes")
+        if not raised:
+            message = f"{passes} passes over {points} points gave the same outputs"
+            return self.flag(False, message, evidence)
+        message = (
+            f"the model is randomized: over {passes} passes on {points} points, normalised "
+            f"outputs moved by up to {largest:.3g} and {changed} prediction(s) changed; "
+            "evaluate with the autoattack-rand protocol (APGD with EOT over 20 samples)"
+        )
+        if "autoattack-rand" in evaluation.protocol_names:
+            message += ", as this evaluation did"
+        return self.flag(True, message, evidence)
+
+
+#: Modules whose output depends on the training mode in ways attacks must not meet: dropout
+#: draws a new mask at every forward, batch norm normalises by the batch (and updates the
+#: running statistics, changing the user's model as attacks forward it).
+_MODE_DEPENDENT: tuple[type[nn.Module], ...] = (
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d,
+)  # fmt: skip
+#: How many module names a measurement keeps (a ResNet in train mode has dozens).
+_NAMES_KEPT = 10
+
+
+class TrainMode(Check):
+    """A model handed over in train mode, or dropout (or batch norm) that ``model.eval()``
+    leaves in training, as a ``train()`` override for MC dropout does.
+
+    advls attacks in eval mode and restores each module's mode afterwards, so at measure
+    time the modes read are the ones the user handed over; ``model.eval()`` is then called
+    (and undone) to see what it leaves active.
+    """
+
+    name = "train_mode"
+    measures = "preflight"
+
+    def measure(self, runner: AttackRunner, *, seed: int) -> dict[str, Any]:
+        """The dropout and batch-norm modules handed over in train mode that ``model.eval()``
+        switches off, and those it leaves training."""
+        model = runner.model
+        handed = [
+            (name or "(model)", module, module.training) for name, module in model.named_modules()
+        ]
+        with eval_mode(model):
+            # A module eval() leaves on was not "handed over in train mode": the user called
+            # eval() and the model overrode it, which is what ``active`` reports. Only modules
+            # whose output depends on the mode count: every nn.Module starts in train mode,
+            # and a model of linear layers and ReLUs computes the same in either.
+            training = [
+                name
+                for name, module, mode in handed
+                if mode and not module.training and isinstance(module, _MODE_DEPENDENT)
+            ]
+            active = [
+                {"module": name, "type": type(module).__name__}
+                for name, module, _ in handed
+                if isinstance(module, _MODE_DEPENDENT) and module.training
+            ]
+        return {
+            "train_mode_model": bool(model.training),
+            "train_mode_modules": len(training),
+            "train_mode_names": training[:_NAMES_KEPT],
+            "active_after_eval": active,
+        }
+
+    def records(self, measured: SanityChecks) -> list[AuditRecord]:
+        """``train_mode / modules_in_train_mode`` and ``/ active_after_eval`` (counts)."""
+        if "train_mode_modules" not in measured:
+            return []
+        return [
+            AuditRecord(
+                "train_mode", None, "modules_in_train_mode", float(measured.train_mode_modules)
+            ),
+            AuditRecord(
+                "train_mode", None, "active_after_eval", float(len(measured.active_after_eval))
+            ),
+        ]
+
+    def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
+        count = _measured(evaluation, "train_mode_modules", "the model's modes were not read")
+        checks = evaluation.checks
+        active = list(checks.get("active_after_eval", []))
+        evidence: list[dict[str, Any]] = []
+        found = []
+        if count:
+            names = list(checks.get("train_mode_names", []))
+            evidence.append(
+                {"found": "handed over in train mode", "model": checks.get("train_mode_model"),
+                 "modules": count, "names": names}
+            )  # fmt: skip
+            found.append(
+                f"{count} module(s) were handed over in train mode ({', '.join(names[:3])}"
+                f"{', ...' if count > 3 else ''}); advls evaluates in eval mode and restores "
+                "the mode afterwards"
+            )
+        if active:
+            evidence.extend({"found": "training after eval()", **module} for module in active)
+            found.append(
+                f"{len(active)} dropout/batch-norm module(s) stay in training after "
+                f"model.eval() ({', '.join(m['module'] for m in active[:3])}): every attack "
+                "meets them active"
+            )
+        if not found:
+            return self.flag(False, "the model and its modules were in eval mode", [])
+        return self.flag(True, "; ".join(found), evidence)
+
+
 # --------------------------------------------------------------------------- with a measurement
-def zero_gradient_fraction(
+def zero_gradient_count(
     model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, device: torch.device
-) -> float:
-    """Share of points whose cross-entropy gradient w.r.t. the input is exactly zero.
+) -> int:
+    """How many points have a cross-entropy gradient w.r.t. the input that is exactly zero.
 
     Exactly zero, not small: a confident, healthy model has tiny gradients, but only a
     saturated softmax (every wrong class more than ~100 logits behind in float32) or a
     non-differentiable layer gives none at all.
     """
-    if len(images) == 0:
-        return math.nan
     zero = 0
     for start in range(0, len(images), batch_size):
         x = to_unit(images[start : start + batch_size], device).requires_grad_(True)
@@ -330,34 +590,63 @@ def zero_gradient_fraction(
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x)
         zero += int((grad.flatten(1).abs().amax(dim=1) == 0).sum())
-    return zero / len(images)
+    return zero
+
+
+def zero_gradient_fraction(
+    model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int, device: torch.device
+) -> float:
+    """Share of points whose cross-entropy input gradient is exactly zero (NaN for none);
+    see :func:`zero_gradient_count`."""
+    if len(images) == 0:
+        return math.nan
+    count = zero_gradient_count(model, images, labels, batch_size=batch_size, device=device)
+    return count / len(images)
 
 
 class ZeroGradients(Check):
     """Many points with an exactly zero input gradient: a saturated softmax or a
-    non-differentiable layer, both of which stop gradient attacks dead."""
+    non-differentiable layer, both of which stop gradient attacks dead.
+
+    Raised at ``Thresholds.zero_gradient_points`` such points (one, as AutoAttack warns) or a
+    share above ``Thresholds.zero_gradients``. One point is enough because a healthy model
+    has none: the softmax saturates to an exactly zero float32 gradient only when every
+    wrong logit trails by roughly 90 or more (exp underflows), and on all 10,000 MNIST test
+    points LeNets (1 and 6 SGD epochs, 5 Adam epochs), a linear model and MLPs (2 SGD
+    epochs; 10 Adam epochs without weight decay) have none, their largest margins 17-42.
+    """
 
     name = "zero_gradients"
     measures = "gradients"
 
     def measure(self, runner: AttackRunner, *, seed: int) -> dict[str, Any]:
-        """The zero-gradient share of the correctly classified points."""
+        """How many correctly classified points have a zero gradient, and their share."""
         with eval_mode(runner.model):
-            zero = zero_gradient_fraction(
+            zero = zero_gradient_count(
                 runner.model, runner.images, runner.labels, batch_size=runner.batch_size,
                 device=runner.device,
             )  # fmt: skip
-        return {"zero_gradient_fraction": zero}
+        share = zero / len(runner.images) if len(runner.images) else math.nan
+        return {"zero_gradient_fraction": share, "zero_gradient_count": zero}
 
     def records(self, measured: SanityChecks) -> list[AuditRecord]:
-        """The share as ``zero_gradients / fraction``."""
-        return [AuditRecord("zero_gradients", None, "fraction", measured.zero_gradient_fraction)]
+        """The share as ``zero_gradients / fraction``, the count as ``/ count``."""
+        records = [AuditRecord("zero_gradients", None, "fraction", measured.zero_gradient_fraction)]
+        if "zero_gradient_count" in measured:
+            count = float(measured.zero_gradient_count)
+            records.append(AuditRecord("zero_gradients", None, "count", count))
+        return records
 
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         share = _measured(evaluation, "zero_gradient_fraction", "input gradients were not measured")
-        raised = share > thresholds.zero_gradients
-        evidence = [{"zero_gradient_fraction": share, "loss": "ce"}]
-        message = f"{share:.1%} of correctly classified points have an exactly zero CE gradient"
+        count = evaluation.checks.get("zero_gradient_count")
+        if count is None:  # measured before the count was kept: the share of the attacked points
+            count = round(share * int(evaluation.correct.sum()))
+        raised = count >= thresholds.zero_gradient_points or share > thresholds.zero_gradients
+        evidence = [{"zero_gradient_fraction": share, "zero_gradient_count": count, "loss": "ce"}]
+        message = (
+            f"{count} correctly classified point(s) ({share:.1%}) have an exactly zero CE gradient"
+        )
         return self.flag(raised, message, evidence)
 
 
@@ -434,6 +723,9 @@ class UnboundedIncomplete(Check):
 CHECKS: dict[str, Check] = {
     check.name: check
     for check in (
+        ProbabilityOutputs(),
+        Randomized(),
+        TrainMode(),
         SingleStepStronger(),
         NotMonotone(),
         UnboundedIncomplete(),

@@ -3,15 +3,27 @@
 ``paper``     the authors' evaluation: FGSM and BIM ascend the model's *own* training loss,
               BIM takes 100 steps of eps/100, DeepFool and CW-L2 (5 x 100, Adam lr 0.1).
 ``standard``  the field's defaults with hard-label losses: FGSM-CE, PGD-40, DeepFool, CW-L2.
-``strong``    the standard L-inf attacks plus PGD with 5 restarts, APGD-CE and APGD-DLR
-              (Croce & Hein; DLR with 3 restarts), the score-based Square attack (1000
-              queries) and a transfer attack from a plainly trained twin (when one is
-              given). CW is left out: it measures minimal L2 distances, not L-inf
-              robustness, and costs most.
+``strong``    the standard L-inf attacks plus PGD with 5 restarts, APGD-CE, APGD-DLR
+              (3 restarts) and AutoAttack's APGD-T and FAB-T (9 targets each), the
+              score-based Square attack (5000 queries) and a transfer attack from a plainly
+              trained twin (when one is given): a superset of ``autoattack``, each attack
+              run on every point so that the audit sees what each one alone breaks. CW is
+              left out: it measures minimal L2 distances, not L-inf robustness.
+``autoattack`` AutoAttack's ``standard`` version (Croce & Hein 2020), L-inf: APGD-CE,
+              APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), 100 iterations
+              and one restart each, as a cascade.
+``autoattack-l2`` the same at the evaluation's L2 budgets.
+``autoattack-rand`` AutoAttack's ``rand`` version for randomized models: APGD-CE and
+              APGD-DLR with gradients averaged over 20 passes (EOT), as a cascade.
 
 Every protocol attacks only the points the model classifies correctly (a clean error already
-counts as a failure); budgets are L-inf in [0, 1] pixel units. ``Protocol.with_params``
-derives a cheaper or stronger variant without touching the named ones.
+counts as a failure). Budgets are in [0, 1] pixel units: a protocol's ``norm`` says whether
+its attacks run at the evaluation's L-inf budgets (``eps``) or its L2 budgets. In a
+*cascade* (AutoAttack's way) each attack runs only on the points every earlier one left
+robust at that budget, and its outcome is cumulative: the robust accuracy after it. On tasks
+with few classes :func:`fit_to_classes` adapts attacks whose loss or targets need more, as
+AutoAttack does, and says so. ``Protocol.with_params`` derives a cheaper or stronger variant
+without touching the named ones.
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ from typing import Any, Literal
 
 from torch import nn
 
+from advls.attacks.geometry import Norm
+
 __all__ = [
     "PAPER_TABLE_LABELS",
     "PROTOCOLS",
@@ -31,6 +45,7 @@ __all__ = [
     "Protocol",
     "default_eps",
     "default_l2_budgets",
+    "fit_to_classes",
     "get_protocol",
     "paper_eps_to_pixels",
     "training_smoothing",
@@ -106,16 +121,28 @@ class AttackSpec:
 
 @dataclass(frozen=True)
 class Protocol:
-    """A named suite of attacks."""
+    """A named suite of attacks.
+
+    ``norm`` is the threat model of its bounded attacks: ``linf`` runs them at the
+    evaluation's ``eps``, ``l2`` at its L2 budgets. With ``cascade``, each attack runs only on
+    the points the earlier ones left robust at that budget (AutoAttack's order), and each
+    outcome is the cumulative one.
+    """
 
     name: str
     summary: str
     attacks: tuple[AttackSpec, ...]
+    norm: Norm = "linf"
+    cascade: bool = False
 
     def __post_init__(self) -> None:
         labels = [spec.label for spec in self.attacks]
         if len(set(labels)) != len(labels):
             raise ValueError(f"attack labels in a protocol must be unique, got {labels}")
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"a protocol's norm must be 'linf' or 'l2', got {self.norm!r}")
+        if self.cascade and not all(spec.bounded for spec in self.attacks):
+            raise ValueError("a cascade runs bounded attacks only (minimal ones have no budget)")
 
     def with_params(self, **changes: Mapping[str, Any]) -> Protocol:
         """A copy whose attacks ``label=...`` take updated parameters.
@@ -147,6 +174,8 @@ class Protocol:
         return {
             "name": self.name,
             "summary": self.summary,
+            "norm": self.norm,
+            "cascade": self.cascade,
             "attacks": [spec.describe() for spec in self.attacks],
         }
 
@@ -173,6 +202,30 @@ PAPER_TABLE_LABELS: Mapping[str, str] = MappingProxyType(
     {table: spec.label for table, spec in _PAPER_ATTACKS.items()}
 )
 
+#: AutoAttack's ``standard`` attacks (autoattack/autoattack.py, ``set_version``): 100
+#: iterations and one restart each; APGD-T and FAB-T target the 9 top runner-up classes.
+_APGD_CE = AttackSpec("apgd-ce", "apgd", "iterative", {"steps": 100, "loss": "ce"}, seeded=True)
+_APGD_T = AttackSpec(
+    "apgd-t",
+    "apgd",
+    "iterative",
+    {"steps": 100, "loss": "dlr", "targeted": True, "target_classes": 9},
+    seeded=True,
+)
+_FAB_T = AttackSpec(
+    "fab-t", "fab", "iterative", {"steps": 100, "targeted": True, "target_classes": 9}, seeded=True
+)
+#: AutoAttack's 5000 queries count search steps; ours count the clean pass and the start too.
+#: AutoAttack's standard version keeps the 10000-query schedule of p (resc_schedule=False).
+_SQUARE_5000 = AttackSpec(
+    "square", "square", "black-box", {"queries": 5002, "rescale_schedule": False}, seeded=True
+)
+
+
+def _in_l2(spec: AttackSpec) -> AttackSpec:
+    return dataclasses.replace(spec, params={**spec.params, "norm": "l2"})
+
+
 PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
     {
         "paper": Protocol(
@@ -194,9 +247,9 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
         ),
         "strong": Protocol(
             "strong",
-            "FGSM-CE, PGD-40 with 5 restarts, APGD-CE (100 steps), APGD-DLR (100 steps, 3 "
-            "restarts), Square (1000 queries), transfer of PGD-40 from a plainly trained "
-            "twin, DeepFool-100.",
+            "FGSM-CE, PGD-40 with 5 restarts, APGD-CE, APGD-DLR (3 restarts), APGD-T and "
+            "FAB-T (9 targets), Square (5000 queries), transfer of PGD-40 from a plainly "
+            "trained twin, DeepFool-100; every attack on every point.",
             (
                 _FGSM_CE,
                 AttackSpec(
@@ -206,9 +259,7 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
                     {"steps": 40, "restarts": 5, "loss": "ce"},
                     seeded=True,
                 ),
-                AttackSpec(
-                    "apgd-ce", "apgd", "iterative", {"steps": 100, "loss": "ce"}, seeded=True
-                ),
+                _APGD_CE,
                 # DLR alone trails CE on undefended models (it pushes the third logit down
                 # as readily as the true one); restarts close the gap where it matters.
                 AttackSpec(
@@ -218,7 +269,10 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
                     {"steps": 100, "loss": "dlr", "restarts": 3},
                     seeded=True,
                 ),
-                AttackSpec("square", "square", "black-box", {"queries": 1000}, seeded=True),
+                # AutoAttack's targeted attacks: with them strong is a superset of autoattack.
+                _APGD_T,
+                _FAB_T,
+                _SQUARE_5000,
                 AttackSpec(
                     "transfer",
                     "transfer",
@@ -228,6 +282,43 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
                 ),
                 _DEEPFOOL,
             ),
+        ),
+        "autoattack": Protocol(
+            "autoattack",
+            "AutoAttack's standard version, L-inf: APGD-CE, APGD-T (9 targets), FAB-T (9 "
+            "targets), Square (5000 queries), each on the points the earlier ones left robust.",
+            (_APGD_CE, _APGD_T, _FAB_T, _SQUARE_5000),
+            cascade=True,
+        ),
+        "autoattack-l2": Protocol(
+            "autoattack-l2",
+            "AutoAttack's standard version at the L2 budgets: APGD-CE, APGD-T (9 targets), "
+            "FAB-T (9 targets), Square (5000 queries), as a cascade.",
+            tuple(_in_l2(spec) for spec in (_APGD_CE, _APGD_T, _FAB_T, _SQUARE_5000)),
+            norm="l2",
+            cascade=True,
+        ),
+        "autoattack-rand": Protocol(
+            "autoattack-rand",
+            "AutoAttack's version for randomized models, L-inf: APGD-CE and APGD-DLR, each "
+            "averaging its gradients over 20 passes (EOT), as a cascade.",
+            (
+                AttackSpec(
+                    "apgd-ce-eot",
+                    "apgd",
+                    "iterative",
+                    {"steps": 100, "loss": "ce", "eot_iter": 20},
+                    seeded=True,
+                ),
+                AttackSpec(
+                    "apgd-dlr-eot",
+                    "apgd",
+                    "iterative",
+                    {"steps": 100, "loss": "dlr", "eot_iter": 20},
+                    seeded=True,
+                ),
+            ),
+            cascade=True,
         ),
     }
 )
@@ -240,6 +331,25 @@ def get_protocol(name: str | Protocol) -> Protocol:
     if name not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
     return PROTOCOLS[name]
+
+
+def fit_to_classes(config: Mapping[str, Any], num_classes: int) -> tuple[dict[str, Any], str]:
+    """``config`` adapted to a task of ``num_classes`` classes, and what changed ("" if none).
+
+    As AutoAttack does where a loss or the targets need more classes than the task has: the
+    DLR loss (K >= 3) and the targeted DLR loss (K >= 4) give way to cross-entropy, and a
+    targeted attack targets at most the K - 1 other classes.
+    """
+    fitted, changes = dict(config), []
+    targeted = bool(fitted.get("targeted"))
+    if fitted.get("loss") == "dlr" and num_classes < (4 if targeted else 3):
+        fitted["loss"] = "ce"
+        loss = "targeted DLR" if targeted else "DLR"
+        changes.append(f"{loss} needs {4 if targeted else 3} classes: CE in its place")
+    if targeted and fitted.get("target_classes", 9) > num_classes - 1:
+        fitted["target_classes"] = num_classes - 1
+        changes.append(f"{num_classes - 1} target class(es), all there are")
+    return fitted, "; ".join(changes)
 
 
 def _is_mnist_like(input_shape: Sequence[int]) -> bool:

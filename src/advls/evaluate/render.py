@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from advls.evaluate.protocols import Protocol
 from advls.evaluate.results import Evaluation
 
 __all__ = ["format_markdown"]
@@ -36,8 +37,29 @@ def _evidence(evidence: list[dict], most: int = 3) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    # A "|" inside a cell (a message, say) would end it: escape it.
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return lines
+
+
+def _rows(evaluation: Evaluation, protocols: list[Protocol]) -> list[list[str]]:
+    """Per protocol, a row per bounded attack and one for the worst case, at its budgets."""
+    rows = []
+    for protocol in protocols:
+        budgets = evaluation.budgets(protocol.name)
+        for index, spec in enumerate(s for s in protocol.attacks if s.bounded):
+            try:
+                cells = [
+                    _cell(evaluation.outcome(protocol.name, spec.label, eps).robust_accuracy)
+                    for eps in budgets
+                ]
+            except KeyError:
+                continue  # skipped (e.g. transfer without a surrogate)
+            label = f"↳ {spec.label}" if protocol.cascade and index else spec.label
+            rows.append([protocol.name, label, *cells])
+        worst = [_cell(evaluation.worst_case(protocol.name, eps)) for eps in budgets]
+        rows.append([protocol.name, "**worst case**", *(f"**{cell}**" for cell in worst)])
+    return rows
 
 
 def format_markdown(evaluation: Evaluation, title: str | None = None) -> str:
@@ -50,22 +72,19 @@ def format_markdown(evaluation: Evaluation, title: str | None = None) -> str:
         f"are failures).",
         "",
     ]
-    header = ["protocol", "attack", *(f"eps {eps:.4g}" for eps in evaluation.eps)]
-    rows = []
-    for protocol in evaluation.protocols:
-        labels = [spec.label for spec in protocol.attacks if spec.bounded]
-        for label in labels:
-            try:
-                cells = [
-                    _cell(evaluation.outcome(protocol.name, label, eps).robust_accuracy)
-                    for eps in evaluation.eps
-                ]
-            except KeyError:
-                continue  # skipped (e.g. transfer without a surrogate)
-            rows.append([protocol.name, label, *cells])
-        worst = [_cell(evaluation.worst_case(protocol.name, eps)) for eps in evaluation.eps]
-        rows.append([protocol.name, "**worst case**", *(f"**{cell}**" for cell in worst)])
-    lines += _table(header, rows)
+    for norm, name in (("linf", "eps"), ("l2", "L2")):
+        protocols = [p for p in evaluation.protocols if p.norm == norm]
+        if protocols:
+            budgets = evaluation.l2_budgets if norm == "l2" else evaluation.eps
+            header = ["protocol", "attack", *(f"{name} {eps:.4g}" for eps in budgets)]
+            table = _table(header, _rows(evaluation, protocols))
+            lines += ["", *table] if norm == "l2" else table
+    if any(p.cascade for p in evaluation.protocols):
+        lines += [
+            "",
+            "In a cascade (↳) each attack ran only on the points the earlier ones left robust; "
+            "its row is the robust accuracy after it.",
+        ]
 
     minimal = [o for o in evaluation.outcomes if not o.spec.bounded]
     if minimal:
@@ -91,6 +110,11 @@ def format_markdown(evaluation: Evaluation, title: str | None = None) -> str:
             f"{s['protocol']}/{s['attack']} ({s['reason']})" for s in evaluation.skipped
         )
         lines += ["", f"Skipped: {skipped}."]
+    if evaluation.adapted:
+        adapted = "; ".join(
+            f"{a['protocol']}/{a['attack']}: {a['change']}" for a in evaluation.adapted
+        )
+        lines += ["", f"Adapted to {evaluation.num_classes} classes: {adapted}."]
     if evaluation.flags:
         rows = [
             [

@@ -169,6 +169,8 @@ class Evaluation:
     protocols: tuple[Protocol, ...]
     outcomes: list[AttackOutcome] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    #: Attacks changed to fit the number of classes: ``{"protocol", "attack", "change"}``.
+    adapted: list[dict[str, str]] = field(default_factory=list)
     checks: SanityChecks | None = None
     flags: list[Flag] = field(default_factory=list)
     seconds: float = 0.0
@@ -187,6 +189,11 @@ class Evaluation:
     def raised(self) -> list[Flag]:
         """The flags that were raised."""
         return [flag for flag in self.flags if flag.raised]
+
+    def budgets(self, protocol: str) -> tuple[float, ...]:
+        """The budgets ``protocol``'s bounded attacks ran at: ``eps``, or the L2 budgets."""
+        norm = next(p.norm for p in self.protocols if p.name == protocol)
+        return self.l2_budgets if norm == "l2" else self.eps
 
     def outcome(self, protocol: str, label: str, eps: float | None = None) -> AttackOutcome:
         """Attack ``label`` of ``protocol`` at ``eps`` (KeyError where it did not run)."""
@@ -223,7 +230,7 @@ class Evaluation:
         worst = [
             {"protocol": name, "eps": eps, "robust_accuracy": self.worst_case(name, eps)}
             for name in self.protocol_names
-            for eps in self.eps
+            for eps in self.budgets(name)
         ]
         return _finite(
             {
@@ -237,6 +244,7 @@ class Evaluation:
                 "worst_case": worst,
                 "minimal_at_l2": minimal,
                 "skipped": self.skipped,
+                "adapted": self.adapted,
                 "checks": self.checks.as_dict() if self.checks is not None else None,
                 "flags": [flag.as_dict() for flag in self.flags],
                 "seconds": self.seconds,

@@ -18,7 +18,14 @@ from torch import Tensor, nn
 
 from advls.attacks import check_eps, eval_mode
 from advls.evaluate.masking import Thresholds, measure_checks, raise_flags
-from advls.evaluate.protocols import Protocol, default_eps, default_l2_budgets, get_protocol
+from advls.evaluate.protocols import (
+    AttackSpec,
+    Protocol,
+    default_eps,
+    default_l2_budgets,
+    fit_to_classes,
+    get_protocol,
+)
 from advls.evaluate.results import AttackOutcome, Evaluation
 from advls.evaluate.runner import AttackRunner, ProgressFactory, to_unit
 
@@ -127,21 +134,42 @@ def evaluate(
         model, images, labels, correct, batch_size=batch_size, device=device, progress=progress
     )
     for protocol in chosen:
+        budgets_of = l2 if protocol.norm == "l2" else budgets
+        attacks: list[tuple[AttackSpec, Sequence[float | None]]] = []
         for spec in protocol.attacks:
             if spec.kind == "transfer" and surrogate is None:
                 evaluation.skipped.append(
                     {"protocol": protocol.name, "attack": spec.label, "reason": "no surrogate"}
                 )
                 continue
-            for budget in budgets if spec.bounded else (None,):
-                config = spec.config(budget, smoothing=smoothing, seed=seed, surrogate=surrogate)
-                where = f"{protocol.name}/{spec.label}" + (f" eps={budget:g}" if budget else "")
-                fooled, distances, seconds, calls = runner.run(config, where)
-                evaluation.outcomes.append(
-                    AttackOutcome(
-                        protocol.name, spec, budget, fooled, distances, correct, seconds, calls
-                    )
+            attacks.append((spec, budgets_of if spec.bounded else (None,)))
+        for spec, _ in attacks:
+            _, change = fit_to_classes(spec.config(None, seed=seed), num_classes)
+            if change:
+                evaluation.adapted.append(
+                    {"protocol": protocol.name, "attack": spec.label, "change": change}
                 )
+        found: dict[tuple[str, float | None], AttackOutcome] = {}
+        for budget in budgets_of if protocol.cascade else (None,):
+            # A cascade attacks, at each budget, only the points the earlier attacks left.
+            robust = correct.clone() if protocol.cascade else None
+            for spec, spec_budgets in attacks:
+                for eps_ in (budget,) if protocol.cascade else spec_budgets:
+                    config = spec.config(eps_, smoothing=smoothing, seed=seed, surrogate=surrogate)
+                    config, _ = fit_to_classes(config, num_classes)
+                    where = f"{protocol.name}/{spec.label}" + (f" eps={eps_:g}" if eps_ else "")
+                    run = runner.run(config, where, among=robust)
+                    attacked = correct if robust is None else robust.clone()
+                    if robust is not None:
+                        robust &= ~run.fooled
+                    fooled = ~robust if robust is not None else run.fooled
+                    found[(spec.label, eps_)] = AttackOutcome(
+                        protocol.name, spec, eps_, fooled, run.l2, attacked, run.seconds,
+                        run.model_calls,
+                    )  # fmt: skip
+        # Outcomes in the protocol's order of attacks, each over its budgets.
+        for spec, spec_budgets in attacks:
+            evaluation.outcomes.extend(found[(spec.label, eps_)] for eps_ in spec_budgets)
 
     if checks:
         evaluation.checks = measure_checks(runner, seed=seed)

@@ -158,40 +158,37 @@ def paper_tables(
 
 
 # --------------------------------------------------------------------------- the audit
+#: L-inf protocols whose worst case the audit table shows beside the audited one, when run.
+BESIDE_AUDITED: tuple[str, ...] = ("autoattack", "autoattack-rand")
+
+
 def audit_table(
-    frame: pd.DataFrame, *, reference: str = "paper", audited: str = "strong"
+    frame: pd.DataFrame,
+    *,
+    reference: str = "paper",
+    audited: str = "strong",
+    beside: tuple[str, ...] = BESIDE_AUDITED,
 ) -> pd.DataFrame:
     """Per run and budget: the worst case over the ``reference`` and ``audited`` protocols.
 
     A defence that looks robust only under the authors' attacks shows a large ``gap``
     (reference minus audited, in accuracy). Columns: ``run, name, dataset, model, method,
-    alpha, seed, eps``, one column per protocol (named after it), ``gap`` and ``flags`` (the
-    gradient-masking checks the run raised). Empty when no run has ``audited`` results.
+    alpha, seed, eps``, one column per protocol (named after it; the ``beside`` protocols
+    follow the audited one where any run has them, e.g. the AutoAttack number), ``gap`` and
+    ``flags`` (the gradient-masking checks the run raised). Empty when no run has
+    ``audited`` results.
     """
     check_results_frame(frame)
-    columns = [
-        "run",
-        "name",
-        "dataset",
-        "model",
-        "method",
-        "alpha",
-        "seed",
-        "eps",
-        reference,
-        audited,
-        "gap",
-        "flags",
-    ]
-    worst = frame[
-        (frame["attack"] == "worst_case")
-        & (frame["metric"] == "robust_accuracy")
-        & frame["protocol"].isin([reference, audited])
-    ]
+    worst = frame[(frame["attack"] == "worst_case") & (frame["metric"] == "robust_accuracy")]
+    present = set(worst["protocol"])
+    protocols = [reference, audited, *(p for p in beside if p in present and p != audited)]
+    identity = ["run", "name", "dataset", "model", "method", "alpha", "seed", "eps"]
+    columns = [*identity, *protocols, "gap", "flags"]
+    worst = worst[worst["protocol"].isin(protocols)]
     if not (worst["protocol"] == audited).any():
         return pd.DataFrame(columns=columns)
     wide = worst.set_index(["run", "eps", "protocol"])["value"].unstack("protocol")
-    wide = wide.reindex(columns=[reference, audited])
+    wide = wide.reindex(columns=protocols)
     wide = wide[wide[audited].notna()].reset_index()
     wide["gap"] = wide[reference] - wide[audited]
 
@@ -220,8 +217,9 @@ def audit_table(
     table.columns.name = None
     table.attrs["caption"] = (
         f"Worst-case robust accuracy per run and budget ([0, 1] pixels) under the {reference} "
-        f"and the {audited} protocol; gap = {reference} - {audited}; flags = gradient-masking "
-        "checks raised."
+        f"and the {audited} protocol"
+        + "".join(f", and {p}" for p in protocols[2:])
+        + f"; gap = {reference} - {audited}; flags = gradient-masking checks raised."
     )
     return table
 

@@ -105,7 +105,7 @@ def evaluation_results(evaluation: Evaluation) -> list[Result]:
             Result(
                 protocol, "worst_case", eps, "robust_accuracy", evaluation.worst_case(protocol, eps)
             )
-            for eps in evaluation.eps
+            for eps in evaluation.budgets(protocol)  # an L2 protocol's are its L2 budgets
         )
     if evaluation.checks is not None:
         rows.extend(Result("audit", *record) for record in audit_records(evaluation.checks))
