@@ -121,3 +121,47 @@ def test_a_randomized_model_is_detected_and_eot_lowers_its_robust_accuracy(real_
         f"robust accuracy: apgd-ce {plain.robust_accuracy:.3f}, with EOT {eot.robust_accuracy:.3f}"
     )
     assert eot.robust_accuracy < plain.robust_accuracy
+
+
+def _reference_autoattack(model: nn.Module, eps: float):
+    """AutoAttack's standard version from torchattacks' ports, as the reference configures
+    it (torchattacks' own AutoAttack runs APGD, APGD-T and FAB for 10 iterations, not 100)."""
+    ta = pytest.importorskip("torchattacks")
+    common = {"eps": eps, "norm": "Linf", "seed": 0}
+    return ta.MultiAttack(
+        [
+            ta.APGD(model, loss="ce", steps=100, n_restarts=1, **common),
+            ta.APGDT(model, steps=100, n_restarts=1, n_classes=10, **common),
+            ta.FAB(model, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, **common),
+            ta.Square(model, n_queries=5000, n_restarts=1, resc_schedule=False, **common),
+        ]
+    )
+
+
+def test_apgd_t_matches_torchattacks_apgdt(real_data: Path) -> None:
+    ta = pytest.importorskip("torchattacks")
+    model, (x, y) = train_on_digits(real_data, tuple(range(10)), model="mlp", steps=400)
+    x, y = x[:150], y[:150]
+    with torch.no_grad():
+        keep = model(x).argmax(dim=1) == y
+    x, y = x[keep], y[keep]
+    ours = apgd(model, x, y, eps=0.05, targeted=True, steps=100, seed=0)
+    attack = ta.APGDT(model, eps=0.05, steps=100, n_restarts=1, seed=0, n_classes=10)
+    with torch.no_grad():
+        theirs = model(attack(x, y)).argmax(dim=1) != y
+    print(f"APGD-T success: ours {ours.success_rate:.3f}, torchattacks {theirs.float().mean():.3f}")
+    # The same algorithm from different random starts: within two points of each other.
+    assert abs(int(ours.success.sum()) - int(theirs.sum())) <= 2
+    assert 0.1 < ours.success_rate < 0.95  # a budget where the comparison means something
+
+
+@pytest.mark.slower
+def test_autoattack_matches_the_reference_configured_suite(real_data: Path) -> None:
+    model, (x, y) = train_on_digits(real_data, tuple(range(10)), model="mlp", steps=400)
+    x, y = x[:200], y[:200]
+    ours = evaluate(model, x, y, protocols=["autoattack"], eps=[0.05], checks=False)
+    with torch.no_grad():
+        theirs = model(_reference_autoattack(model, 0.05)(x, y)).argmax(dim=1) == y
+    accuracy = ours.worst_case("autoattack", 0.05)
+    print(f"autoattack: ours {accuracy:.3f}, reference-configured {theirs.float().mean():.3f}")
+    assert abs(accuracy - float(theirs.float().mean())) <= 3 / len(y)
