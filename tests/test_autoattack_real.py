@@ -60,6 +60,7 @@ def cheap_paper_and_strong():
     return paper, strong
 
 
+@pytest.mark.slower
 @pytest.mark.parametrize("digits", [(3, 8), (1, 4, 7)])
 def test_two_and_three_class_models_go_through_every_protocol(real_data: Path, digits) -> None:
     model, (x, y) = train_on_digits(real_data, digits, model="mlp", steps=150)
@@ -101,6 +102,7 @@ class GaussianInput(nn.Module):
         return self.model((x + self.sigma * torch.randn_like(x)).clamp(0, 1))
 
 
+@pytest.mark.slower
 def test_a_randomized_model_is_detected_and_eot_lowers_its_robust_accuracy(real_data: Path):
     base, (x, y) = train_on_digits(real_data, tuple(range(10)), model="mlp", steps=400)
     model = GaussianInput(base, sigma=0.3)
