@@ -137,10 +137,15 @@ def _pair(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _correct(model, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points the model classifies correctly (what a single attack is compared on)."""
+    keep = ~_fooled(model, x, y)
+    return x[keep], y[keep]
+
+
 def apgdt_pair(model, x, y, eps: float) -> dict[str, Any]:
     """APGD-T (9 targets, 100 steps, 1 restart) on the points the model gets right."""
-    keep = ~_fooled(model, x, y)
-    x, y = x[keep], y[keep]
+    x, y = _correct(model, x, y)
     started = time.perf_counter()
     ours = apgd(model, x, y, eps=eps, targeted=True, steps=100, seed=0)
     ours_seconds = time.perf_counter() - started
@@ -158,8 +163,7 @@ def apgdt_pair(model, x, y, eps: float) -> dict[str, Any]:
 
 def fab_pair(model, x, y, eps: float) -> dict[str, Any]:
     """FAB-T (9 targets, 100 steps, 1 restart, bounded at eps) on the correct points."""
-    keep = ~_fooled(model, x, y)
-    x, y = x[keep], y[keep]
+    x, y = _correct(model, x, y)
     started = time.perf_counter()
     ours = fab(model, x, y, eps=eps, targeted=True, steps=100, seed=0)
     ours_seconds = time.perf_counter() - started

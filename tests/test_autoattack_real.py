@@ -5,6 +5,7 @@ three LeNets, is in docs/benchmarks.md: ``benchmarks/bench_autoattack.py``).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,17 +128,14 @@ def test_a_randomized_model_is_detected_and_eot_lowers_its_robust_accuracy(real_
 
 def _reference_autoattack(model: nn.Module, eps: float):
     """AutoAttack's standard version from torchattacks' ports, as the reference configures
-    it (torchattacks' own AutoAttack runs APGD, APGD-T and FAB for 10 iterations, not 100)."""
-    ta = pytest.importorskip("torchattacks")
-    common = {"eps": eps, "norm": "Linf", "seed": 0}
-    return ta.MultiAttack(
-        [
-            ta.APGD(model, loss="ce", steps=100, n_restarts=1, **common),
-            ta.APGDT(model, steps=100, n_restarts=1, n_classes=10, **common),
-            ta.FAB(model, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, **common),
-            ta.Square(model, n_queries=5000, n_restarts=1, resc_schedule=False, **common),
-        ]
-    )
+    it: the benchmark's own builder (benchmarks/bench_autoattack.py), so both use one."""
+    pytest.importorskip("torchattacks")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from bench_autoattack import reference_autoattack
+    finally:
+        sys.path.pop(0)
+    return reference_autoattack(model, eps)
 
 
 def test_apgd_t_matches_torchattacks_apgdt(real_data: Path) -> None:

@@ -302,21 +302,15 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType(
             "autoattack-rand",
             "AutoAttack's version for randomized models, L-inf: APGD-CE and APGD-DLR, each "
             "averaging its gradients over 20 passes (EOT), as a cascade.",
-            (
+            tuple(
                 AttackSpec(
-                    "apgd-ce-eot",
+                    f"apgd-{loss}-eot",
                     "apgd",
                     "iterative",
-                    {"steps": 100, "loss": "ce", "eot_iter": 20},
+                    {"steps": 100, "loss": loss, "eot_iter": 20},
                     seeded=True,
-                ),
-                AttackSpec(
-                    "apgd-dlr-eot",
-                    "apgd",
-                    "iterative",
-                    {"steps": 100, "loss": "dlr", "eot_iter": 20},
-                    seeded=True,
-                ),
+                )
+                for loss in ("ce", "dlr")
             ),
             cascade=True,
         ),
