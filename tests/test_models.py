@@ -75,3 +75,51 @@ def test_any_reasonable_input_shape(channels: int, size: int, classes: int, name
 def test_bad_arguments_are_named(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         create(**kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(2, 9),
+    width=st.integers(2, 9),
+    levels=st.integers(1, 4),
+    nan=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fast_pooling_equals_max_pool2d_value_for_value(
+    height: int, width: int, levels: int, nan: bool, seed: int
+) -> None:
+    """Odd sizes (floor mode), ties (few distinct values) and NaNs, as ``max_pool2d`` has them."""
+    from advls.models import max_pool_2x2
+
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, levels, (2, 3, height, width), generator=generator).float()
+    if nan:
+        x[0, 1, 0, 0] = float("nan")
+    with torch.no_grad():
+        fast = max_pool_2x2(x)
+    assert torch.equal(fast.isnan(), torch.nn.functional.max_pool2d(x, 2).isnan())
+    assert torch.equal(fast.nan_to_num(-1.0), torch.nn.functional.max_pool2d(x, 2).nan_to_num(-1.0))
+
+
+def test_pooling_gradient_goes_to_one_maximum_as_max_pool2d_sends_it() -> None:
+    """Ties (a constant window, as MNIST's background gives) keep max_pool2d's gradient."""
+    from advls.models import max_pool_2x2
+
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 2:, 2:] = torch.tensor([[1.0, 3.0], [2.0, 0.5]])
+    ours = x.clone().requires_grad_()
+    theirs = x.clone().requires_grad_()
+    (grad_ours,) = torch.autograd.grad(max_pool_2x2(ours).sum(), ours)
+    (grad_theirs,) = torch.autograd.grad(torch.nn.functional.max_pool2d(theirs, 2).sum(), theirs)
+    assert torch.equal(grad_ours, grad_theirs)
+    assert int((grad_ours[0, 0, :2, :2] != 0).sum()) == 1  # one tied zero gets it, not all four
+
+
+@pytest.mark.parametrize("name", ["lenet-mnist", "lenet"])
+def test_lenet_logits_agree_with_and_without_gradient_recording(name: str) -> None:
+    model = create(name).eval()
+    x = torch.rand(5, *MODELS[name][1])
+    with torch.no_grad():
+        fast = model(x)
+    tracked = model(x.clone().requires_grad_())
+    assert torch.equal(fast, tracked.detach())
