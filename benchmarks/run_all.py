@@ -24,6 +24,7 @@ RESULTS = HERE / "results" / "latest.json"
 #: name -> (script, extra arguments for --quick)
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "losses": ("bench_losses.py", ["--rounds", "5", "--inner", "20", "--warmup", "1"]),
+    "models": ("bench_models.py", ["--rounds", "3", "--inner", "5", "--warmup", "1"]),
     "train_step": ("bench_train_step.py", ["--rounds", "5", "--inner", "5", "--warmup", "1"]),
     "epoch": ("bench_epoch.py", ["--rounds", "2", "--warmup", "1", "--train-subset", "1280"]),
     "attacks": ("bench_attacks.py", ["--rounds", "1", "--warmup", "0", "--points", "200"]),

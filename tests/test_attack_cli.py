@@ -86,7 +86,9 @@ def test_bad_yaml_and_save_targets_fail_before_attacking(run_dir: Path, tmp_path
 
 
 def test_undefined_statistics_are_json_null(run_dir: Path) -> None:
-    result = runner.invoke(app, ["attack", "--checkpoint", str(run_dir), "--eps", "0", "--n", "16"])
+    # A budget far too small to fool the model: no success, so no median distortion.
+    args = ["attack", "--checkpoint", str(run_dir), "--eps", "0.001", "--n", "16"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = _summary(result.stdout)  # json.loads refuses a bare NaN only in strict parsers
     assert summary["median_l2"] is None and summary["success_rate"] == 0.0
@@ -109,3 +111,46 @@ def test_the_readme_cw_example_runs(run_dir: Path, tmp_path: Path) -> None:
     summary = _summary(result.stdout)
     assert summary["attack"] == {"name": "cw_l2", "steps": 100, "binary_search_steps": 5}
     assert summary["success_rate"] > 0 and saved.is_file()
+
+
+def test_missing_eps_of_a_bounded_attack_is_a_usage_error(run_dir: Path) -> None:
+    """It was a TypeError traceback from inside the attack."""
+    result = runner.invoke(app, ["attack", "--checkpoint", str(run_dir), "--n", "10"])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # exited, no traceback
+    assert "--eps is required: fgsm is a bounded attack" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--eps", "0"], "every eps must be an L-inf budget in (0, 1] pixel units, got 0.0"),
+        (["--eps", "nan"], "every eps must be an L-inf budget in (0, 1] pixel units, got nan"),
+        (["--eps", "0.1", "--param", "eps=0"], "(0, 1] pixel units, got 0.0"),
+        (["--attack", "pgd", "--param", "norm=l2", "--eps", "0"], "every L2 budget must be"),
+        (["--eps", "0.1", "--n", "0"], "n, the number of points, must be an integer >= 1"),
+    ],
+)
+def test_budgets_and_counts_follow_the_evaluations_rules(
+    run_dir: Path, extra: list[str], message: str
+) -> None:
+    """``--eps 0`` was accepted here and refused by evaluate: now one rule."""
+    result = runner.invoke(app, ["attack", "--checkpoint", str(run_dir), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_an_l2_budget_above_one_is_an_l2_budget(run_dir: Path) -> None:
+    args = ["attack", "--checkpoint", str(run_dir), "--attack", "pgd", "--param", "norm=l2"]
+    result = runner.invoke(app, [*args, "--eps", "2", "--steps", "2", "--n", "8"])
+    assert result.exit_code == 0, result.output
+    assert _summary(result.stdout)["attack"]["eps"] == 2.0
+
+
+def test_more_points_than_the_split_has_is_an_error(run_dir: Path) -> None:
+    """``--n 10000000`` silently attacked the split's 256 points."""
+    args = ["attack", "--checkpoint", str(run_dir), "--eps", "0.1", "--n", "10000000"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "n is 10000000 but" in output and "has 256 test images; ask for at most 256" in output

@@ -85,7 +85,10 @@ def test_show_protocols() -> None:
         (["--eps", "0.1,abc"], "--eps takes numbers"),
         (["--eps", "2"], "in (0, 1] pixel units, got 2.0"),
         (["--protocol", "strongest"], "protocol must be one of"),
-        (["--n", "0"], "--n must be >= 1"),
+        (["--n", "0"], "n, the number of points, must be an integer >= 1, got 0"),
+        (["--eps", "0"], "every eps must be an L-inf budget in (0, 1] pixel units, got 0.0"),
+        (["--l2-budget", "0"], "every L2 budget must be a finite number > 0, got 0.0"),
+        (["--n", "10000000"], "has 256 test images; ask for at most 256"),
     ],
 )
 def test_bad_options_write_nothing(

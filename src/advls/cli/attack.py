@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -11,11 +12,13 @@ import typer
 
 from advls.cli.console import console, fail, reported_errors
 from advls.cli.options import (
+    POINTS_HELP,
     BatchSizeOption,
     DataDirOption,
     DeviceOption,
     ProgressOption,
     check_points,
+    load_points,
 )
 
 __all__ = ["attack"]
@@ -39,6 +42,45 @@ def _parse_params(pairs: list[str]) -> dict[str, object]:
         except yaml.YAMLError as error:
             raise ValueError(f"--param {pair!r}: the value is not valid YAML ({error})") from None
     return params
+
+
+def _check_budget(config: dict[str, object]) -> None:
+    """The attack's budget by the evaluation's rule for its norm, before anything loads; a
+    parameter the attack needs and was not given is named (not a TypeError mid-run).
+
+    Raises:
+        ValueError: a budget outside the rule, or a required parameter missing.
+    """
+    from advls.attacks import ATTACKS, NORMS
+    from advls.attacks.core import keyword_parameters
+    from advls.evaluate.inputs import check_eps, check_l2_budget
+
+    name = config["name"]
+    if name not in ATTACKS:
+        return  # from_config names the attacks there are
+    required = [
+        p.name
+        for p in keyword_parameters(ATTACKS[name])
+        if p.default is inspect.Parameter.empty and p.name not in config
+    ]
+    norms = NORMS.get(name)
+    norm = config.get("norm", norms[0] if norms else "linf")
+    if "eps" in required:
+        kind = (
+            "an L2 budget > 0"
+            if norm == "l2"
+            else "L-inf, in (0, 1] pixel units; with --param norm=l2 an L2 budget > 0"
+        )
+        fail(
+            f"--eps is required: {name} is a bounded attack; give its budget, e.g. "
+            f"--eps 0.1 ({kind})"
+        )
+    if required:
+        listed = ", ".join(required)
+        raise ValueError(f"attack {name!r} needs {listed}: give each with --param NAME=VALUE")
+    if norms is None or config.get("eps") is None:
+        return  # no budget, or one the attack passes on (a transfer attack's) and checks
+    (check_l2_budget if norm == "l2" else check_eps)(config["eps"])
 
 
 def _use_training_loss(config: dict[str, object], trained: dict[str, object]) -> None:
@@ -81,7 +123,11 @@ def attack(
         ),
     ] = "fgsm",
     eps: Annotated[
-        float | None, typer.Option(help="Budget in [0, 1] pixel units (bounded attacks).")
+        float | None,
+        typer.Option(
+            help="Budget of a bounded attack (fgsm, bim, pgd, apgd, square; fgm in L2), which "
+            "needs one: L-inf in (0, 1] pixel units, or an L2 budget > 0 with --param norm=l2."
+        ),
     ] = None,
     steps: Annotated[int | None, typer.Option(help="Iterations.")] = None,
     step_size: Annotated[float | None, typer.Option(help="Step size (bim, pgd).")] = None,
@@ -98,8 +144,8 @@ def attack(
     ] = None,
     split: Annotated[str, typer.Option(help="Dataset split to attack.")] = "test",
     points: Annotated[
-        int, typer.Option("--n", help="Attack the first N points of the split.")
-    ] = 1000,
+        int | None, typer.Option("--n", help=f"Attack {POINTS_HELP}", show_default=False)
+    ] = None,
     batch_size: BatchSizeOption = 500,
     device: DeviceOption = "auto",
     data_dir: DataDirOption = None,
@@ -117,7 +163,6 @@ def attack(
     """
     from rich.progress import Progress
 
-    from advls import data as datasets
     from advls.attacks import from_config
     from advls.checkpoint import load_model
     from advls.evaluate import attack_dataset
@@ -131,15 +176,15 @@ def attack(
         fail(f"--save must name a .safetensors file, got {save}")
     with reported_errors():
         config.update(_parse_params(param or []))
+        _check_budget(config)
+        check_points(points)
         target = resolve_device(device)
         model, meta = load_model(checkpoint, target)
         if config.get("loss") == "smoothed" and "smoothing" not in config:
             _use_training_loss(config, meta["config"])
         configured = from_config(config)
-        check_points(points)
-        dataset = datasets.load(meta["config"]["dataset"], split, data_dir)
-        count = min(points, len(dataset))
-        images, labels = dataset.images[:count], dataset.labels[:count]
+        images, labels = load_points(meta, split, points, data_dir)
+        count = len(labels)
         with Progress(transient=True, disable=not progress, console=console) as bar:
             task = bar.add_task(f"{name}", total=count)
             summary, result = attack_dataset(

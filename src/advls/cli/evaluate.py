@@ -10,7 +10,14 @@ from typing import Annotated, Any
 import typer
 
 from advls.cli.console import console, reported_errors
-from advls.cli.options import BatchSizeOption, DataDirOption, DeviceOption, check_points
+from advls.cli.options import (
+    POINTS_HELP,
+    BatchSizeOption,
+    DataDirOption,
+    DeviceOption,
+    check_points,
+    load_points,
+)
 
 __all__ = ["evaluate"]
 
@@ -70,8 +77,8 @@ def evaluate(
         ),
     ] = None,
     points: Annotated[
-        int, typer.Option("--n", help="Evaluate the first N points of the split.")
-    ] = 1000,
+        int | None, typer.Option("--n", help=f"Evaluate {POINTS_HELP}", show_default=False)
+    ] = None,
     split: Annotated[str, typer.Option(help="Dataset split.")] = "test",
     batch_size: BatchSizeOption = 500,
     seed: Annotated[int, typer.Option(help="Seed of the randomised attacks.")] = 0,
@@ -106,7 +113,6 @@ def evaluate(
     """
     from rich.progress import Progress
 
-    from advls import data as datasets
     from advls.atomic import write_text_atomically
     from advls.checkpoint import load_model
     from advls.evaluate import (
@@ -117,6 +123,7 @@ def evaluate(
         training_smoothing,
     )
     from advls.evaluate import evaluate as run_evaluation
+    from advls.evaluate.inputs import check_l2_budgets
     from advls.train import resolve_device
 
     if show_protocols:
@@ -127,7 +134,7 @@ def evaluate(
             raise ValueError("--checkpoint is required (a run directory written by advls train)")
         chosen = [get_protocol(name) for name in (protocol or ["strong"])]
         budgets = check_eps_list(_parse_numbers(eps, "--eps")) if eps else None
-        l2 = _parse_numbers(l2_budget, "--l2-budget") if l2_budget else None
+        l2 = check_l2_budgets(_parse_numbers(l2_budget, "--l2-budget")) if l2_budget else None
         check_points(points)
         if out is not None and out.exists() and not out.is_dir():
             raise ValueError(f"--out must be a directory, got the file {out}")
@@ -142,11 +149,11 @@ def evaluate(
                     f"the surrogate {surrogate} has {theirs} classes but {checkpoint} has "
                     f"{ours}: a transfer attack needs a model of the same task"
                 )
-        dataset = datasets.load(meta["config"]["dataset"], split, data_dir)
-        count = min(points, len(dataset))
+        images, labels = load_points(meta, split, points, data_dir)
+        count = len(labels)
         with Progress(transient=True, disable=not progress, console=console) as bar:
             result = run_evaluation(
-                model, dataset.images[:count], dataset.labels[:count], protocols=chosen,
+                model, images, labels, protocols=chosen,
                 eps=budgets, l2_budgets=l2, smoothing=training_smoothing(meta["config"]),
                 surrogate=twin, batch_size=batch_size, device=target, seed=seed,
                 progress=_progress_factory(bar),

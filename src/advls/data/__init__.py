@@ -21,6 +21,7 @@ What lives where (each module imports only those above it):
 - ``fetch``: ``download`` and the verified, atomic fetching of missing files.
 - ``extract``: ``safe_extract`` for tar archives.
 - ``unpickle``: ``RestrictedUnpickler`` and ``safe_unpickle``.
+- ``labels``: the one rule for class labels (``check_labels``, ``infer_classes``).
 - ``dataset``: ``ImageDataset``.
 - ``arrays``: conversion of decoded arrays to uint8 NCHW images and int64 labels.
 - ``idx``, ``svhn``, ``npz``, ``cifar10``: one module per file format and its loader.

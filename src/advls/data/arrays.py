@@ -8,6 +8,7 @@ import torch
 
 from advls.data.dataset import ImageDataset
 from advls.data.errors import DataError
+from advls.data.labels import check_labels
 from advls.data.specs import DatasetSpec
 
 
@@ -62,16 +63,16 @@ def labels_int64(y: np.ndarray, count: int, source: str) -> np.ndarray:
         raise DataError(f"{source}: labels must be a 1-D integer array, got {y.dtype} {y.shape}")
     if len(y) != count:
         raise DataError(f"{source}: {count} images but {len(y)} labels")
+    # uint64 beyond int64 would wrap to negative numbers: no class index is that large anyway.
+    if y.dtype.kind == "u" and y.size and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{source}: labels must be class indices, found {int(y.max())}")
     return y.astype(np.int64)
 
 
 def check_label_range(labels: np.ndarray, num_classes: int, source: str) -> None:
-    """:class:`DataError` unless every label lies in ``0..num_classes - 1``."""
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"{source}: labels must lie in 0..{num_classes - 1}, found "
-            f"{labels.min()}..{labels.max()}"
-        )
+    """:class:`DataError` unless every label lies in ``0..num_classes - 1``
+    (:func:`advls.data.labels.check_labels`)."""
+    check_labels(labels, num_classes, source)
 
 
 def to_dataset(

@@ -112,9 +112,11 @@ def _cifar10_batch(batch: Any, path: Path) -> tuple[np.ndarray, np.ndarray]:
     ):
         shape = getattr(data, "shape", type(data).__name__)
         raise DataError(f"{path}: b'data' must be a uint8 (N, 3072) array, got {shape}")
+    # No dtype: np.asarray(..., dtype=int64) would truncate 1.5 to 1; labels_int64 refuses
+    # anything but integers, and overflowing Python ints stay objects, which it refuses too.
     try:
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (TypeError, ValueError) as exc:
+        labels = np.asarray(batch[b"labels"])
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise DataError(f"{path}: b'labels' must be a list of integers") from exc
     labels = labels_int64(labels, len(data), os.fspath(path))
     return data.reshape(-1, 3, 32, 32), labels
@@ -126,7 +128,12 @@ def _cifar10_classes(spec: DatasetSpec, meta: Path) -> tuple[str, ...]:
     names = content.get(b"label_names") if isinstance(content, dict) else None
     if not isinstance(names, list) or len(names) != len(spec.classes):
         raise DataError(f"{meta}: expected {len(spec.classes)} label names under b'label_names'")
-    return tuple(n.decode("ascii") if isinstance(n, bytes) else str(n) for n in names)
+    if not all(isinstance(n, bytes | str) for n in names):
+        raise DataError(f"{meta}: b'label_names' must be a list of strings")
+    try:
+        return tuple(n.decode("ascii") if isinstance(n, bytes) else n for n in names)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{meta}: b'label_names' must be ASCII strings ({exc})") from exc
 
 
 def _find_cifar10_npz(spec: DatasetSpec, root: Path, split: str) -> Path | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from advls.data.errors import DataError
+from advls.data.labels import check_labels
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -38,13 +39,11 @@ class ImageDataset:
                 f"labels must be an int64 tensor of shape ({len(images)},), got {labels.dtype} "
                 f"of shape {tuple(labels.shape)}"
             )
+        if 0 in images.shape[1:]:
+            raise DataError(f"images of shape {tuple(images.shape)} have no pixels")
         if not self.classes:
             raise DataError("a dataset needs at least one class")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(self.classes)):
-            raise DataError(
-                f"labels must lie in 0..{len(self.classes) - 1}, got "
-                f"{int(labels.min())}..{int(labels.max())}"
-            )
+        check_labels(labels, len(self.classes), f"{self.name} ({self.split})")
         channels = images.shape[1]
         if len(self.mean) != channels or len(self.std) != channels:
             raise DataError(f"mean and std need {channels} entries, one per channel")

@@ -50,19 +50,66 @@ def parse_idx(raw: bytes | bytearray, source: str = "<bytes>") -> np.ndarray:
             f"file holds {len(raw) - header} bytes after the header"
         )
     array = np.frombuffer(raw, dtype=dtype, offset=header, count=math.prod(shape))
-    return array.reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    try:
+        shaped = array.reshape(shape)
+    except ValueError as exc:  # e.g. (0, 2**32 - 1, 2**32 - 1): no data, yet too big a shape
+        raise DataError(f"{source}: idx header declares the impossible shape {shape}") from exc
+    return shaped.astype(dtype.newbyteorder("="), copy=False)
+
+
+#: The most data an idx file may declare (the MNIST family's largest file holds 47 MB): a
+#: bound on what a damaged or hostile header, or a gzip bomb, can make the reader take in.
+MAX_IDX_BYTES = 1 << 31
+_CHUNK = 1 << 20
 
 
 def read_idx(path: PathLike) -> np.ndarray:
-    """Read an idx file, gzip-compressed or not."""
+    """Read an idx file, gzip-compressed or not.
+
+    The header is read first, and then exactly the data it declares (up to
+    :data:`MAX_IDX_BYTES`), so the file's declared size, not the decompressed stream,
+    bounds what is read.
+    """
     with open(path, "rb") as handle:
         compressed = handle.read(2) == b"\x1f\x8b"
     try:
         with gzip.open(path, "rb") if compressed else open(path, "rb") as handle:
-            raw = bytearray(handle.read())
+            raw = bytearray(handle.read(4))
+            if len(raw) == 4 and raw[2] in _IDX_DTYPES:
+                raw += handle.read(4 * raw[3])
+            declared = _declared_bytes(raw)
+            if declared is not None:
+                if declared > MAX_IDX_BYTES:
+                    raise DataError(
+                        f"{path}: idx header declares {declared} bytes of data, more than the "
+                        f"{MAX_IDX_BYTES} an idx file of advls may hold"
+                    )
+                limit = _header_size(raw) + declared
+                while chunk := handle.read(min(_CHUNK, limit + 1 - len(raw))):
+                    raw += chunk
+                    if len(raw) > limit:
+                        raise DataError(
+                            f"{path}: idx header declares {declared} bytes of data but the file "
+                            "holds more"
+                        )
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot decompress {path}: {exc}; it may be truncated") from exc
     return parse_idx(raw, os.fspath(path))
+
+
+def _header_size(raw: bytes | bytearray) -> int:
+    return 4 + 4 * raw[3]
+
+
+def _declared_bytes(raw: bytes | bytearray) -> int | None:
+    """The data size a complete idx header declares; None when it is not one (parse_idx says
+    what is wrong)."""
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        return None
+    if len(raw) < _header_size(raw):
+        return None
+    shape = struct.unpack(f">{raw[3]}I", raw[4 : _header_size(raw)])
+    return math.prod(shape) * _IDX_DTYPES[raw[2]].itemsize
 
 
 def load_idx(

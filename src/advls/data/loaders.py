@@ -29,7 +29,9 @@ def load(
     ``name`` is ``mnist``, ``fashion-mnist``, ``kmnist``, ``cifar10``, ``svhn`` or the path
     of a user ``.npz`` file with arrays ``x`` (uint8 NCHW, NHWC or NHW, or floats that are
     exact multiples of 1/255) and ``y`` (integer labels), plus optionally ``classes``
-    (strings). ``split`` is ``train`` or ``test`` (SVHN also ``extra``); for a user npz it
+    (strings), which declares the number of classes; without it the labels must be
+    ``0..K-1`` with every class present and at least two (:mod:`advls.data.labels`).
+    ``split`` is ``train`` or ``test`` (SVHN also ``extra``); for a user npz it
     is only recorded. ``data_dir`` is resolved by :func:`resolve_data_dir`. Missing files are
     downloaded when ``download`` is true. ``registry`` replaces :data:`REGISTRY`, e.g. with
     :meth:`DatasetSpec.with_checksums` to accept re-packed files.

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advls.attacks import check_eps, eval_mode
+from advls.attacks import eval_mode
+from advls.evaluate.inputs import check_eps_list, check_l2_budgets
 from advls.evaluate.masking import Thresholds, measure_checks, raise_flags
 from advls.evaluate.protocols import (
     AttackSpec,
@@ -30,26 +31,6 @@ from advls.evaluate.results import AttackOutcome, Evaluation
 from advls.evaluate.runner import AttackRunner, ProgressFactory, to_unit
 
 __all__ = ["ProgressFactory", "check_eps_list", "evaluate"]
-
-
-def check_eps_list(eps: Sequence[float]) -> tuple[float, ...]:
-    """A non-empty list of L-inf budgets in (0, 1], sorted, without duplicates."""
-    if isinstance(eps, str) or not isinstance(eps, Sequence) or len(eps) == 0:
-        raise ValueError("eps must be a non-empty list of budgets in (0, 1]")
-    for value in eps:
-        bad = isinstance(value, bool) or not isinstance(value, int | float)
-        if bad or not 0.0 < value <= 1.0:  # NaN fails the comparison too
-            raise ValueError(
-                f"every eps must be an L-inf budget in (0, 1] pixel units, got {value!r} "
-                "(eps 0 is the clean accuracy, reported anyway)"
-            )
-    return tuple(sorted({float(value) for value in eps}))
-
-
-def _check_l2_budgets(budgets: Sequence[float]) -> tuple[float, ...]:
-    if isinstance(budgets, str) or not isinstance(budgets, Sequence):
-        raise ValueError("l2_budgets must be a list of numbers > 0")
-    return tuple(sorted({check_eps(b, "l2", "every L2 budget") for b in budgets}))
 
 
 def _predict(model: nn.Module, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
@@ -114,7 +95,7 @@ def evaluate(
     if images.dim() < 2 or len(images) != len(labels) or len(images) == 0:
         raise ValueError("images (N, ...) and labels (N,) must be non-empty and of equal length")
     budgets = check_eps_list(eps if eps is not None else default_eps(images.shape[1:]))
-    l2 = _check_l2_budgets(
+    l2 = check_l2_budgets(
         l2_budgets if l2_budgets is not None else default_l2_budgets(images.shape[1:])
     )
     thresholds = thresholds or Thresholds()
