@@ -126,7 +126,7 @@ def test_every_command_is_listed() -> None:
     names = set(_commands())
     assert names == {
         "", "train", "attack", "evaluate", "triangular", "analyze", "reproduce", "report",
-        "sweep", "sweep run", "sweep status", "sweep export",
+        "sweep", "sweep run", "sweep status", "sweep export", "sweep salvage",
     }  # fmt: skip
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import scipy.io
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from advls import data
@@ -75,11 +75,8 @@ counts: dict[str, int] = dict.fromkeys(QUOTAS, 0)
 refused: dict[str, int] = dict.fromkeys(QUOTAS, 0)
 
 
-def quota(reader: str, *, known_failing: bool = False) -> settings:
-    """:data:`FUZZ` with the reader's quota of examples; a reader with known failures (an
-    xfail) stops at the first one, without shrinking it (the minimal cases are tests below)."""
-    if known_failing:
-        return settings(FUZZ, max_examples=QUOTAS[reader], phases=[Phase.generate])
+def quota(reader: str) -> settings:
+    """:data:`FUZZ` with the reader's quota of examples."""
     return settings(FUZZ, max_examples=QUOTAS[reader])
 
 
@@ -575,20 +572,11 @@ def _copy_run(run: Path, directory: str) -> Path:
 CHECKPOINT_ERRORS = (CheckpointError,)
 
 
-#: What load_model lets escape today (checkpoint.py, models.py): the minimal cases are
-#: test_malformed_model_record_is_a_checkpoint_error's.
-CHECKPOINT_JSON_FAILS = (
-    "checkpoint.json whose model record lacks mean/std (KeyError) or holds values of the wrong "
-    "type or range (TypeError or ValueError from models.create, not CheckpointError)"
-)
-
-
-@pytest.mark.xfail(strict=False, reason=CHECKPOINT_JSON_FAILS)
 def test_fuzz_checkpoint_json(run_dir: Path) -> None:
     record = json.loads((run_dir / "checkpoint.json").read_text())
     text = json.dumps(record).encode()
 
-    @quota("checkpoint_json", known_failing=True)
+    @quota("checkpoint_json")
     @given(st.one_of(edited(record).map(lambda d: json.dumps(d).encode()), mutated(text, 256)))
     def fuzz(payload: bytes) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -662,12 +650,8 @@ SPEC = {
 SPEC_TEXT = yaml.safe_dump(SPEC).encode()
 
 
-SPEC_FAILS = "a spec file that is not UTF-8 escapes load_spec as UnicodeDecodeError (spec.py)"
-
-
-@pytest.mark.xfail(strict=False, reason=SPEC_FAILS)
 def test_fuzz_yaml_specs() -> None:
-    @quota("yaml", known_failing=True)
+    @quota("yaml")
     @given(
         st.one_of(
             edited(SPEC).map(lambda s: yaml.safe_dump(s).encode()),
@@ -700,7 +684,6 @@ def _with_model(run_dir: Path, directory: str, **model: Any) -> Path:
 _DROP = object()
 
 
-@pytest.mark.xfail(strict=False, reason=CHECKPOINT_JSON_FAILS)
 @pytest.mark.parametrize(
     "model",
     [
@@ -731,7 +714,6 @@ def test_malformed_model_record_is_a_checkpoint_error(run_dir: Path, model: dict
             load_model(run)
 
 
-@pytest.mark.xfail(strict=False, reason=SPEC_FAILS)
 def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path: Path) -> None:
     path = tmp_path / "spec.yaml"
     path.write_bytes(b"\x17\xbe")

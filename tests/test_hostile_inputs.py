@@ -104,10 +104,6 @@ def test_one_n_rule_in_attack_and_evaluate(toy_run: Path, bad: str) -> None:
     assert from_attack == f"n, the number of points, must be an integer >= 1, got {bad}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="sweep/spec.py keeps its own n check until it calls advls.evaluate.inputs.check_points",
-)
 def test_the_spec_refuses_n_with_the_commands_message(toy_run: Path) -> None:
     with pytest.raises(SpecError) as refused:
         parse_spec(_spec("mnist", n=0), "s.yaml")

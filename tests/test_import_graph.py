@@ -23,7 +23,9 @@ ROOT = "advls"
 
 #: Each top-level part of advls (a module or a package) by layer, lowest first.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"advls", "losses", "models", "data", "atomic", "checkpoint"}),
+    frozenset(
+        {"advls", "losses", "models", "data", "atomic", "checkpoint", "limits", "locks", "outputs"}
+    ),
     frozenset({"train", "defences", "attacks", "certify"}),
     frozenset({"evaluate", "theory"}),
     frozenset({"sweep", "store", "suites"}),

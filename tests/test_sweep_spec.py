@@ -140,7 +140,10 @@ def test_canonical_form_is_idempotent_and_valid():
             {"evaluate": {"protocols": [{"name": "paper", "params": {"bim": {"steps": 2}}}]}},
             ["evaluate.protocols", "bim-100"],
         ),
-        ({"evaluate": {"n": 0}}, ["evaluate.n", "greater than or equal to 1"]),
+        (
+            {"evaluate": {"n": 0}},
+            ["evaluate.n: n, the number of points, must be an integer >= 1, got 0"],
+        ),
         ({"evaluations": {}}, ["spec.yaml: evaluations", "Extra inputs are not permitted"]),
         ({"grid": {"optimizer": ["lbfgs"]}}, ["grid.optimizer", "'sgd' or 'adam'"]),
     ],

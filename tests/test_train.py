@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from advls import train as training
 from advls.checkpoint import CheckpointError, load_model, read_checkpoint
+from advls.locks import LOCK_FILE
 from advls.losses import ALIASES, METHODS, SmoothedCrossEntropy
 from advls.train import (
     NonFiniteLogitsError,
@@ -69,10 +70,14 @@ def test_checkpoint_round_trip_and_metadata(toy_npz: Path, tmp_path: Path) -> No
     assert meta["epoch"] == 2 and meta["metrics"]["epoch"] == 2
     assert meta["config"] == _config(toy_npz, epochs=2).model_dump()
     assert meta["versions"]["torch"] == torch.__version__
-    # Only safetensors and JSON on disk: nothing that would need unpickling.
-    suffixes = {p.suffix for p in run.rglob("*") if p.is_file()}
+    # Only safetensors and JSON on disk (and the writer's pid in the lock file): nothing that
+    # would need unpickling.
+    suffixes = {p.suffix for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE}
     assert suffixes == {".json", ".safetensors"}
-    assert set(os.listdir(run)) == {"checkpoint.json", "epoch-0001", "epoch-0002"}
+    assert set(os.listdir(run)) == {"checkpoint.json", "epoch-0001", "epoch-0002", LOCK_FILE}
+    assert set(os.listdir(run / "epoch-0002")) == {
+        "model.safetensors", "state.safetensors", "epoch.json"
+    }  # fmt: skip
 
 
 def test_checkpoint_files_and_keys_stay_readable(toy_npz: Path, tmp_path: Path) -> None:
@@ -83,7 +88,7 @@ def test_checkpoint_files_and_keys_stay_readable(toy_npz: Path, tmp_path: Path) 
     record = json.loads((run / "checkpoint.json").read_text())
     assert set(record) == {
         "format", "epoch", "path", "versions", "config", "model", "augment",
-        "optimizer", "schedule", "history", "metrics",
+        "optimizer", "schedule", "history", "metrics", "sha256",
     }  # fmt: skip
     where = (record["format"], record["epoch"], record["path"])
     assert where == ("advls.checkpoint/1", 2, "epoch-0002")

@@ -21,6 +21,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from advls.limits import DEFAULT_MAX_RUNS
+from advls.outputs import check_output_dir
 from advls.report.build import ReportFiles, build_report
 from advls.store import Store
 from advls.suites import suite_path
@@ -117,6 +119,7 @@ def reproduce(
     retry_failed: bool = False,
     theory: bool = True,
     report_dir: str | os.PathLike[str] | None = None,
+    max_runs: int = DEFAULT_MAX_RUNS,
     progress: ProgressFactory | None = None,
     on_stage: Callable[[str], None] | None = None,
 ) -> Reproduction:
@@ -125,17 +128,23 @@ def reproduce(
     ``suite`` is a shipped suite's name (:func:`advls.suites.suite_names`) or a spec file.
     The report goes to ``report_dir`` (default ``out_dir/report``) and covers this suite's
     sweep only, so several suites may share one store and its checkpoints.
-    Bad specs and missing data fail before anything is created; a failed run is recorded
-    and reported, and does not stop the others.
+    Bad specs (more than ``max_runs`` runs among them), missing data and output folders
+    that may not be written fail before anything is created; a failed run is recorded and
+    reported, and does not stop the others.
 
     Raises:
-        ValueError: unknown suite, invalid spec, bad executor settings.
+        ValueError: unknown suite, invalid spec, bad executor settings, an output folder
+            that is a file or inside a run directory.
         advls.data.DataError: a dataset the suite needs is not in the data directory.
+        advls.store.StoreError: ``out_dir/results.db`` is not a usable store (empty,
+            damaged, foreign).
     """
     stage = on_stage or (lambda message: None)
-    sweep, runs = load_spec(suite_path(suite))
+    sweep, runs = load_spec(suite_path(suite), max_runs=max_runs)
     check_data_available(runs, data_dir)
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
+    if report_dir is not None:
+        check_output_dir(report_dir, option="--report-dir")
     out.mkdir(parents=True, exist_ok=True)
     result = Reproduction(suite=sweep.name, out_dir=out)
     with Store(out / "results.db") as store:

@@ -7,22 +7,34 @@ write (workers return their metrics to the driver), so a driver killed at any mo
 the store consistent: a run is either finished with all its rows or not finished at all.
 
 Several drivers may share a store. A driver *claims* pending runs in a transaction and owns
-them while they run; a claim whose owner died (same host: the process is gone; otherwise
-no heartbeat for ``lease`` seconds) is taken back on the next claim, so a killed sweep
-resumes and two sweeps never run the same run twice at once.
+them while they run; the claim records the driver as ``host:pid:start-time``. A claim whose
+owner died (same host: the process is gone, or its pid now names another process; otherwise
+no heartbeat for ``lease`` seconds) is *stale*: status shows it as such, and the next claim
+takes it back, so a killed sweep resumes and two sweeps never run the same run twice at once.
+
+Nothing is trusted on opening: an empty file is refused (a truncated store must not pass
+for a fresh one), and every store is verified (``PRAGMA quick_check``) before use; a
+damaged one is named with the command that salvages what can be read (:func:`salvage`).
+Readers open the file read-only (``mode=ro``), so they never create, initialise or change
+it; SQLite may add its ``-wal`` and ``-shm`` index files beside a store, as any reader of a
+WAL database does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import json
 import math
 import os
+import shlex
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +43,21 @@ __all__ = [
     "STATUSES",
     "Claim",
     "Result",
+    "Salvage",
     "Store",
     "StoreError",
     "owner_id",
+    "salvage",
+    "salvage_command",
 ]
 
 SCHEMA_VERSION = 1
 STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed")
+#: What status shows for a run still marked running whose driver is gone.
+STALE = "stale"
+#: The first 16 bytes of every SQLite database file.
+_MAGIC = b"SQLite format 3\x00"
+_TABLES = ("runs", "sweeps", "sweep_runs", "results", "artifacts")
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -86,7 +106,42 @@ CREATE TABLE artifacts (
 
 
 class StoreError(RuntimeError):
-    """The store cannot be opened or used (wrong schema, not a store, bad request)."""
+    """The store cannot be opened or used (wrong schema, not a store, damaged, bad request)."""
+
+
+def salvage_command(path: str | os.PathLike[str]) -> str:
+    """The command that copies what can be read of a damaged store into a new one."""
+    path = Path(path)
+    target = path.with_name(f"{path.stem}-salvaged{path.suffix or '.db'}")
+    return f"advls sweep salvage --store {shlex.quote(str(path))} --out {shlex.quote(str(target))}"
+
+
+def _damaged(path: Path, detail: str) -> StoreError:
+    return StoreError(
+        f"{path} is damaged ({detail}); copy what can be read into a new store with: "
+        f"{salvage_command(path)}"
+    )
+
+
+def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn SQLite's errors on a damaged file into a :class:`StoreError` naming the store.
+
+    Constraint violations (``IntegrityError``) are bugs of the caller and stay as they are.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as error:
+            text = str(error)
+            if "malformed" in text or "not a database" in text or "disk I/O" in text:
+                raise _damaged(self.path, text) from None
+            raise StoreError(f"{self.path}: {text}") from None
+
+    return guarded
 
 
 @dataclass(frozen=True)
@@ -146,6 +201,12 @@ def _owner_alive(owner: str) -> bool | None:
     return state != "Z" and _process_start(pid) == start
 
 
+def _is_stale(owner: str | None, heartbeat: float | None, now: float, lease: float) -> bool:
+    """Whether a running claim's driver is gone: dead here, or silent past its lease."""
+    alive = _owner_alive(owner or "")
+    return alive is False or (alive is None and now - (heartbeat or 0) > lease)
+
+
 def _clean(value: float | None) -> float | None:
     # SQLite has no NaN; a metric that is undefined (no points attacked) is stored as NULL.
     if value is None:
@@ -155,31 +216,120 @@ def _clean(value: float | None) -> float | None:
 
 
 class Store:
-    """A results store file; create it with ``Store(path)``, close it (or use ``with``).
+    """A results store file; open it with ``Store(path)``, close it (or use ``with``).
+
+    ``readonly`` opens an existing store for reading only (``mode=ro``): nothing is created,
+    initialised or written. Otherwise a missing file is created as a new store when
+    ``create`` is true (only ``sweep run`` and ``reproduce`` create stores).
 
     Raises:
-        StoreError: the file is not an advls store or has another schema version.
+        StoreError: no store at ``path`` (and none may be created), an empty file, a file
+            that is not an advls store or has another schema version, or a damaged store
+            (the message names the command that salvages it).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, lease: float = 3600.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lease: float = 3600.0,
+        readonly: bool = False,
+        create: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.lease = lease
+        self.readonly = readonly
         self.owner = owner_id()
-        if self.path.parent and not self.path.parent.exists():
-            raise StoreError(f"cannot create {self.path}: {self.path.parent} does not exist")
+        exists = self._check_file(create=create and not readonly)
         try:
-            self._db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a killed process (only power loss can drop commits).
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._init_schema()
+            self._db = sqlite3.connect(
+                self._uri(exists), timeout=60.0, isolation_level=None, uri=True
+            )
         except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot open {self.path}: {error}") from None
+        try:
+            self._db.row_factory = sqlite3.Row
+            if exists:
+                self._verify()
+            if readonly:
+                self._check_schema()
+            else:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode survives a killed process (only power loss drops commits).
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._init_schema()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
             raise StoreError(f"{self.path} is not a usable SQLite store: {error}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _check_file(self, *, create: bool) -> bool:
+        """Whether the store file exists; refuse what must not be opened or created."""
+        path = self.path
+        if path.is_dir():
+            raise StoreError(f"{path} is a directory, not a store file")
+        if not path.exists():
+            if not create:
+                raise StoreError(f"no store at {path}; run a sweep first (advls sweep run)")
+            if not path.parent.is_dir():
+                raise StoreError(f"cannot create {path}: {path.parent} does not exist")
+            return False
+        if not path.is_file():
+            raise StoreError(f"{path} is not a regular file, so it is not a store")
+        size = path.stat().st_size
+        if size == 0:
+            raise StoreError(
+                f"{path} is empty (0 bytes): a truncated store, not a new one; restore it "
+                "from a copy, or remove it to start a new store"
+            )
+        try:
+            with open(path, "rb") as handle:
+                magic = handle.read(len(_MAGIC))
+        except OSError as error:
+            raise StoreError(f"cannot read {path}: {error.strerror}") from None
+        if magic != _MAGIC:
+            raise StoreError(f"{path} is not a usable SQLite store: not an SQLite database file")
+        return True
+
+    def _uri(self, exists: bool) -> str:
+        """The file as an SQLite URI: read-only, read-write, or created (never implicitly)."""
+        location = urllib.parse.quote(str(self.path.resolve()))
+        if not self.readonly:
+            return f"file:{location}?mode={'rw' if exists else 'rwc'}"
+        shm = self.path.with_name(self.path.name + "-shm")
+        if not os.access(self.path.parent, os.W_OK) and not shm.exists():
+            # No writer can be using it (it would need the -shm file); a read-only folder
+            # would otherwise refuse a reader of a WAL database.
+            return f"file:{location}?mode=ro&immutable=1"
+        return f"file:{location}?mode=ro"
+
+    def _verify(self) -> None:
+        """``PRAGMA quick_check``: every page of every table and index is readable."""
+        try:
+            rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise _damaged(self.path, str(error)) from None
+        problems = [row[0] for row in rows if row[0] != "ok"]
+        if problems:
+            more = f" and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+            raise _damaged(self.path, f"{problems[0]}{more}")
+
+    def _check_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            raise StoreError(f"{self.path} is not an advls store (schema version 0)")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this advls reads version "
+                f"{SCHEMA_VERSION}. Use a new store file or the advls that wrote it."
+            )
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
+        """Close the connection."""
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -191,6 +341,8 @@ class Store:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction; taken at once so concurrent drivers queue, not deadlock."""
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only; this command does not write it")
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -215,6 +367,7 @@ class Store:
                 )
 
     # ------------------------------------------------------------------ runs
+    @_translated
     def add_runs(self, sweep: str, runs: Sequence[Mapping[str, Any]]) -> int:
         """Register runs (``key``, ``name``, ``train_key``, ``config``) under ``sweep``.
 
@@ -244,6 +397,7 @@ class Store:
             )
         return added
 
+    @_translated
     def record_sweep(self, name: str, spec: Mapping[str, Any]) -> None:
         """Keep a sweep's spec (the latest registration wins), so reports need only the store."""
         with self._write() as db:
@@ -252,6 +406,7 @@ class Store:
                 (name, json.dumps(spec, sort_keys=True), time.time()),
             )
 
+    @_translated
     def sweep_spec(self, name: str) -> dict[str, Any] | None:
         """The spec a sweep was last registered with, or None."""
         row = self._db.execute("SELECT spec FROM sweeps WHERE name=?", (name,)).fetchone()
@@ -264,6 +419,7 @@ class Store:
             return "", []
         return f" AND {column} IN (SELECT value FROM json_each(?))", [json.dumps(list(keys))]
 
+    @_translated
     def reclaim_stale(self, keys: Sequence[str] | None = None) -> list[str]:
         """Put runs whose owner is dead back to pending; returns their keys."""
         where, params = self._scope(keys)
@@ -272,17 +428,18 @@ class Store:
             rows = db.execute(
                 f"SELECT key, owner, heartbeat FROM runs WHERE status='running'{where}", params
             ).fetchall()
-            stale = []
-            for row in rows:
-                alive = _owner_alive(row["owner"] or "")
-                if alive is False or (alive is None and now - (row["heartbeat"] or 0) > self.lease):
-                    stale.append(row["key"])
+            stale = [
+                row["key"]
+                for row in rows
+                if _is_stale(row["owner"], row["heartbeat"], now, self.lease)
+            ]
             db.executemany(
                 "UPDATE runs SET status='pending', owner=NULL, heartbeat=NULL WHERE key=?",
                 [(key,) for key in stale],
             )
         return stale
 
+    @_translated
     def claim(self, limit: int, keys: Sequence[str] | None = None) -> list[Claim]:
         """Take up to ``limit`` pending runs (in registration order) for this driver."""
         if limit <= 0:
@@ -312,6 +469,7 @@ class Store:
             for row in rows
         ]
 
+    @_translated
     def heartbeat(self) -> None:
         """Mark this driver's runs as still alive (for owners on other hosts)."""
         with self._write() as db:
@@ -320,6 +478,7 @@ class Store:
                 (time.time(), self.owner),
             )
 
+    @_translated
     def complete(
         self,
         key: str,
@@ -367,6 +526,7 @@ class Store:
             )
         return True
 
+    @_translated
     def fail(self, key: str, error: str, *, timings: Mapping[str, Any] | None = None) -> None:
         """Record that a run failed, with its error; the sweep goes on."""
         with self._write() as db:
@@ -376,6 +536,7 @@ class Store:
                 (time.time(), error, json.dumps(timings or {}, sort_keys=True), key),
             )
 
+    @_translated
     def release(self, keys: Sequence[str] | None = None) -> None:
         """Give this driver's unfinished runs back (pending), e.g. on Ctrl-C."""
         where, params = self._scope(keys)
@@ -386,6 +547,7 @@ class Store:
                 [self.owner, *params],
             )
 
+    @_translated
     def retry_failed(self, keys: Sequence[str] | None = None) -> int:
         """Make failed runs pending again; returns how many."""
         where, params = self._scope(keys)
@@ -397,18 +559,23 @@ class Store:
             return cursor.rowcount
 
     # ------------------------------------------------------------------ reading
+    @_translated
     def sweep_keys(self, sweep: str) -> list[str]:
+        """The keys of a sweep's runs, in its spec's order."""
         rows = self._db.execute(
             "SELECT run_key FROM sweep_runs WHERE sweep=? ORDER BY position", (sweep,)
         ).fetchall()
         return [row[0] for row in rows]
 
+    @_translated
     def sweeps(self) -> list[str]:
+        """The names of the sweeps in the store."""
         rows = self._db.execute(
             "SELECT name FROM sweeps UNION SELECT DISTINCT sweep FROM sweep_runs ORDER BY 1"
         )
         return [row[0] for row in rows.fetchall()]
 
+    @_translated
     def counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
         """How many runs are in each status."""
         where, params = self._scope(keys)
@@ -419,6 +586,29 @@ class Store:
         counts.update({row[0]: row[1] for row in rows})
         return counts
 
+    @_translated
+    def stale(self, keys: Sequence[str] | None = None) -> list[str]:
+        """Keys of runs marked running whose driver is gone (changes nothing; see
+        :meth:`reclaim_stale`)."""
+        where, params = self._scope(keys)
+        rows = self._db.execute(
+            f"SELECT key, owner, heartbeat FROM runs WHERE status='running'{where}", params
+        ).fetchall()
+        now = time.time()
+        return [
+            row["key"] for row in rows if _is_stale(row["owner"], row["heartbeat"], now, self.lease)
+        ]
+
+    @_translated
+    def live_counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
+        """:meth:`counts`, with runs whose driver is gone counted as ``stale``, not running."""
+        counts = self.counts(keys)
+        stale = len(self.stale(keys))
+        counts["running"] -= stale
+        counts[STALE] = stale
+        return counts
+
+    @_translated
     def runs(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every run as a dict (config and timings decoded), in registration order."""
         where, params = self._scope(keys)
@@ -433,6 +623,7 @@ class Store:
             decoded.append(record)
         return decoded
 
+    @_translated
     def results(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every result row, ordered by run then insertion."""
         where, params = self._scope(keys, "run_key")
@@ -443,6 +634,136 @@ class Store:
         ).fetchall()
         return [dict(row) for row in rows]
 
+    @_translated
     def artifacts(self, key: str) -> dict[str, str]:
+        """A run's artifact paths by kind (``checkpoint``, ``evaluation``)."""
         rows = self._db.execute("SELECT kind, path FROM artifacts WHERE run_key=?", (key,))
         return {row[0]: row[1] for row in rows.fetchall()}
+
+
+# ---------------------------------------------------------------------- salvage
+@dataclass
+class Salvage:
+    """What :func:`salvage` copied: rows per table, rows it could not read, and the runs it
+    set back to pending because some of their results may be lost."""
+
+    copied: dict[str, int] = field(default_factory=dict)
+    unreadable: dict[str, int] = field(default_factory=dict)
+    reset: list[str] = field(default_factory=list)
+
+
+def _readable_rows(db: sqlite3.Connection, table: str) -> tuple[list[tuple], int]:
+    """Every row of ``table`` that can be read, by rowid, stepping over damaged pages.
+
+    Returns the rows (rowid first) and how many gaps were stepped over. After a read fails
+    the next readable rowid is searched by doubling steps, then narrowed by bisection.
+    """
+    rows: list[tuple] = []
+    gaps = 0
+    last = -(2**63)
+    query = f"SELECT rowid, * FROM {table} WHERE rowid > ? ORDER BY rowid"
+    while True:
+        try:
+            for row in db.execute(query, (last,)):
+                rows.append(tuple(row))
+                last = row[0]
+            return rows, gaps
+        except sqlite3.DatabaseError:
+            gaps += 1
+        failed, step, found = last, 1, None
+        while found is None and step < 2**62:
+            probe = max(last, 0) + step
+            try:
+                db.execute(f"{query} LIMIT 1", (probe,)).fetchall()
+                found = probe
+            except sqlite3.DatabaseError:
+                failed, step = probe, step * 2
+        if found is None:
+            return rows, gaps
+        while found - failed > 1:  # the smallest start past the damage that reads
+            middle = (failed + found) // 2
+            try:
+                db.execute(f"{query} LIMIT 1", (middle,)).fetchall()
+                found = middle
+            except sqlite3.DatabaseError:
+                failed = middle
+        last = found
+
+
+def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Salvage:
+    """Copy what can be read of a (damaged) store ``source`` into a new store ``target``.
+
+    ``source`` is only read. Rows on damaged pages are lost; everything else is copied. The
+    copy keeps the store's promise that a finished run has all its results: a run that was
+    running, or whose results border on lost rows (a run's results are written together, so
+    lost rows belong to the runs beside them), or that has no results left, is set back to
+    pending, and the next ``sweep run`` runs it again.
+
+    Raises:
+        StoreError: ``target`` exists, or nothing of ``source`` can be read.
+    """
+    source, target = Path(source), Path(target)
+    if target.exists():
+        raise StoreError(f"{target} exists; salvage writes a new store, choose another path")
+    location = urllib.parse.quote(str(source.resolve()))
+    try:
+        db = sqlite3.connect(f"file:{location}?mode=ro", uri=True)
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as error:
+        raise StoreError(f"nothing of {source} can be read ({error})") from None
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise StoreError(
+            f"{source} has schema version {version}; salvage reads version {SCHEMA_VERSION}"
+        )
+    report = Salvage()
+    tables: dict[str, list[tuple]] = {}
+    try:
+        for table in _TABLES:
+            if table in names:
+                tables[table], report.unreadable[table] = _readable_rows(db, table)
+            else:
+                tables[table], report.unreadable[table] = [], 1
+    finally:
+        db.close()
+
+    results = tables["results"]
+    suspect: set[str] = set()
+    if report.unreadable["results"]:
+        # Lost rows leave a gap in the rowids: the runs on either side of any gap (and the
+        # first and last) may have lost some of theirs. A gap may also be an old retry's
+        # deleted rows; re-running such a run costs time, never a result.
+        for before, after in itertools.pairwise(results):
+            if after[0] - before[0] > 1:
+                suspect.update((before[1], after[1]))
+        if results:
+            suspect.update((results[0][1], results[-1][1]))
+    with_results = {row[1] for row in results}
+    runs = []
+    for row in tables["runs"]:
+        record = list(row[1:])
+        key, status = record[0], record[4]
+        if status == "running" or (
+            status == "done" and (key in suspect or key not in with_results)
+        ):
+            record[4:7] = ["pending", None, None]  # status, owner, heartbeat
+            if status == "done":
+                report.reset.append(key)
+        runs.append(record)
+    known = {record[0] for record in runs}
+    with Store(target) as store, store._write() as out:
+        for table, rows in tables.items():
+            values = runs if table == "runs" else [list(row[1:]) for row in rows]
+            if table in ("sweep_runs",):
+                values = [v for v in values if v[1] in known]
+            elif table in ("results", "artifacts"):
+                values = [v for v in values if v[0] in known]
+            if values:
+                marks = ", ".join("?" * len(values[0]))
+                out.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", values)
+            report.copied[table] = len(values)
+        out.execute(
+            "DELETE FROM results WHERE run_key IN (SELECT key FROM runs WHERE status!='done')"
+        )
+    return report

@@ -31,6 +31,7 @@ from advls.checkpoint import (
     save_training_state,
 )
 from advls.defences import AdversarialTraining
+from advls.locks import hold_run_directory
 from advls.losses import (
     ALIASES,
     METHODS,
@@ -396,19 +397,51 @@ def train(
     eval_batch_size: int = 1000,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    resume_from_last_good: bool = False,
 ) -> TrainResult:
     """Train ``config``'s model with its loss; checkpoint every epoch into ``run_dir``.
 
     If ``run_dir`` already holds a checkpoint of the same configuration, training resumes
-    from its last epoch (and returns at once when it is complete). ``amp`` (bf16 autocast) and
-    ``channels_last`` apply on CUDA only; CPU runs are float32 and deterministic.
+    from its last epoch (and returns at once when it is complete); with
+    ``resume_from_last_good`` from the last intact epoch when the last one is damaged.
+    ``amp`` (bf16 autocast) and ``channels_last`` apply on CUDA only; CPU runs are float32
+    and deterministic.
+
+    ``run_dir`` is created and checked writable before any data is read, and held for the
+    whole run (:func:`advls.locks.hold_run_directory`): a second writer is refused at once.
 
     Raises:
         NonFiniteLossError: the loss became NaN or infinite; the last checkpoint is kept. It
             is the subclass :class:`NonFiniteLogitsError` when the logits already were.
+        RunDirectoryBusy: another process is writing ``run_dir`` (the message names its pid).
+        RunDirectoryError: ``run_dir`` cannot be created or written.
+        CheckpointError: ``run_dir``'s checkpoint is damaged (the message names the last
+            intact epoch).
         ValueError: the run directory holds a different run, or bad arguments.
     """
     device = resolve_device(device)
+    held = hold_run_directory(run_dir) if run_dir is not None else contextlib.nullcontext()
+    with held:
+        return _train(
+            config, run_dir, data_dir=data_dir, device=device, amp=amp,
+            channels_last=channels_last, eval_batch_size=eval_batch_size, progress=progress,
+            log=log, resume_from_last_good=resume_from_last_good,
+        )  # fmt: skip
+
+
+def _train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str] | None,
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+    eval_batch_size: int,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    resume_from_last_good: bool,
+) -> TrainResult:
     train_set = datasets.load(config.dataset, "train", data_dir)
     test_set = datasets.load(config.dataset, "test", data_dir)
     if config.train_subset is not None:
@@ -444,7 +477,7 @@ def train(
 
     state = TrainingState(model, optimizer, schedule, generator, augment_generator, device)
     if run_dir is not None:
-        resume_training_state(run_dir, state, config.identity())
+        resume_training_state(run_dir, state, config.identity(), last_good=resume_from_last_good)
     start_epoch = state.epoch
     say = log or (lambda message: None)
     if start_epoch:

@@ -67,6 +67,6 @@ for _command in (
     _add(app, _command)
 
 _sweep = typer.Typer(help=help_text(sweep.HELP), no_args_is_help=True)
-for _command in (sweep.run, sweep.status, sweep.export):
+for _command in sweep.COMMANDS:
     _add(_sweep, _command)
 app.add_typer(_sweep, name="sweep")

@@ -18,7 +18,8 @@ from advls.cli.execution import (
 )
 from advls.cli.fields import with_options
 from advls.cli.options import ProgressOption
-from advls.cli.sweep import opened_store
+from advls.cli.sweep import MaxRunsOption, opened_store
+from advls.limits import DEFAULT_MAX_RUNS
 
 __all__ = ["report", "reproduce"]
 
@@ -67,14 +68,17 @@ def report(
     Writes under --out: report.html (one self-contained page that opens
     offline), report.md, tables/ (Markdown, CSV with exact values, LaTeX) and
     figures/ (PNG and PDF). Nothing is trained or attacked: every number
-    comes from the store.
+    comes from the store, which is only read.
 
     Example: advls report --store runs/reproduce/mnist-quick/results.db --out report
     """
+    from advls.outputs import check_output_dir
     from advls.report.build import build_report
 
     if not store.exists():
         fail(f"no store at {store}; run a sweep first (advls sweep run or advls reproduce)")
+    with reported_errors():
+        check_output_dir(out)
     if not 0 <= threshold <= 1:
         fail(f"--threshold must be in [0, 1], got {threshold}")
     if not theory:
@@ -118,6 +122,7 @@ def reproduce(
     report_dir: Annotated[
         Path | None, typer.Option(help="Where the report goes (default: OUT/report).")
     ] = None,
+    max_runs: MaxRunsOption = DEFAULT_MAX_RUNS,
     progress: ProgressOption = True,
     **execution: Any,
 ) -> None:
@@ -159,6 +164,7 @@ def reproduce(
                 retry_failed=retry_failed,
                 theory=theory,
                 report_dir=report_dir,
+                max_runs=max_runs,
                 progress=bar,
                 on_stage=lambda message: console.print(f"[bold]{spec.stem}[/]: {message}"),
             )

@@ -27,7 +27,7 @@ def train(
         Path,
         typer.Option(
             help="Run directory for checkpoints and metadata; "
-            "an existing run of the same configuration resumes."
+            "an existing run of the same configuration resumes. One process writes it at a time."
         ),
     ],
     *,
@@ -38,6 +38,14 @@ def train(
     ] = True,
     data_dir: DataDirOption = None,
     progress: ProgressOption = True,
+    resume_from_last_good: Annotated[
+        bool,
+        typer.Option(
+            "--resume-from-last-good",
+            help="When the run's last checkpoint is damaged, resume from the last intact "
+            "epoch (the error names it) and train on from there.",
+        ),
+    ] = False,
     **fields: Any,
 ) -> None:
     """Train a classifier with a smoothed loss (Algorithm 1) and print its clean test accuracy.
@@ -65,6 +73,7 @@ def train(
             channels_last=channels_last,
             progress=progress,
             log=console.print,
+            resume_from_last_good=resume_from_last_good,
         )
     summary = {"run_dir": str(out), **result.history[-1]}
     print(json.dumps(summary))

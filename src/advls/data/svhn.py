@@ -11,6 +11,7 @@ from advls.data.arrays import labels_int64, to_dataset
 from advls.data.dataset import ImageDataset
 from advls.data.errors import DataError
 from advls.data.fetch import require
+from advls.data.matfile import read_mat_arrays
 from advls.data.specs import DatasetSpec
 
 
@@ -29,12 +30,7 @@ def load_svhn(
 
 
 def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import scipy.io  # imported lazily: scipy is heavy and only SVHN needs it
-
-    try:
-        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
-    except Exception as exc:  # scipy's parser fails in many ways on malformed input
-        raise DataError(f"cannot read {path} as a MATLAB file: {exc}") from exc
+    mat = read_mat_arrays(path, ("X", "y"))
     if "X" not in mat or "y" not in mat:
         raise DataError(f"{path} lacks the variables X and y")
     return mat["X"], mat["y"]

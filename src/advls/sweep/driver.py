@@ -63,7 +63,7 @@ class _Heartbeat:
         self._thread.start()
 
     def _beat(self, path: Path, every: float) -> None:
-        with Store(path) as store:
+        with Store(path, create=False) as store:
             while not self._stop.wait(every):
                 store.heartbeat()
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
+from advls.atomic import atomic_target
+from advls.outputs import check_output_file
 from advls.store import Store
 
 __all__ = ["FORMATS", "export", "results_table"]
@@ -61,13 +62,18 @@ def export(
     path: str | os.PathLike[str],
     format: Literal["csv", "parquet"] = "csv",
     sweep: str | None = None,
+    *,
+    force: bool = False,
 ) -> int:
-    """Write the results table to ``path``; returns the number of rows."""
+    """Write the results table to ``path``; returns the number of rows.
+
+    ``path`` follows :func:`advls.outputs.check_output_file` (never the store or a file
+    advls owns; an existing file only with ``force``), checked before the table is built;
+    the file is written atomically and a failed write leaves no temporary file.
+    """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    table = results_table(store, sweep)
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
+    target = check_output_file(path, force=force, protected=[store.path])
     if format == "parquet":
         try:
             import pyarrow  # noqa: F401
@@ -75,8 +81,10 @@ def export(
             raise RuntimeError(
                 "parquet export needs pyarrow: pip install 'advls[parquet]'"
             ) from None
-        table.to_parquet(temporary, index=False)
-    else:
-        table.to_csv(temporary, index=False)
-    os.replace(temporary, path)  # a reader never sees half a file
+    table = results_table(store, sweep)
+    with atomic_target(target) as temporary:  # a reader never sees half a file
+        if format == "parquet":
+            table.to_parquet(temporary, index=False)
+        else:
+            table.to_csv(temporary, index=False)
     return len(table)
