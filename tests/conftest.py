@@ -47,3 +47,13 @@ def write_toy_npz(
 @pytest.fixture
 def toy_npz(tmp_path: Path) -> Path:
     return write_toy_npz(tmp_path / "toy.npz")
+
+
+def cli_error(result) -> str:
+    """The one error line of a command that failed cleanly (exit 2, no traceback), without
+    its ``error: `` prefix; ``result`` is typer's CliRunner result."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    text = " ".join(result.output.split())
+    assert text.startswith("error: ") and "Traceback" not in text, text
+    return text.removeprefix("error: ")

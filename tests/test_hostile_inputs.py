@@ -19,7 +19,7 @@ from advls.checkpoint import read_checkpoint
 from advls.cli import app
 from advls.sweep.spec import SpecError, check_data_available, parse_spec
 from advls.train import TrainConfig, train
-from conftest import write_toy_npz
+from conftest import cli_error, write_toy_npz
 
 runner = CliRunner()
 
@@ -34,13 +34,7 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
-def _error(result) -> str:
-    """The one error line of a command that failed cleanly (exit 2, no traceback)."""
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), result.exception
-    text = " ".join(result.output.split())
-    assert text.startswith("error: ") and "Traceback" not in text, text
-    return text.removeprefix("error: ")
+_error = cli_error
 
 
 def _attack(run: Path, *extra: str) -> str:

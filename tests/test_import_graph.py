@@ -24,12 +24,23 @@ ROOT = "advls"
 #: Each top-level part of advls (a module or a package) by layer, lowest first.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset(
-        {"advls", "losses", "models", "data", "atomic", "checkpoint", "limits", "locks", "outputs"}
+        {
+            "advls",
+            "losses",
+            "models",
+            "data",
+            "atomic",
+            "checkpoint",
+            "limits",
+            "locks",
+            "outputs",
+            "external",
+        }
     ),
     frozenset({"train", "defences", "attacks", "certify"}),
     frozenset({"evaluate", "theory"}),
     frozenset({"sweep", "store", "suites"}),
-    frozenset({"report", "reproduce"}),
+    frozenset({"report", "reproduce", "audit"}),
     frozenset({"cli"}),
 )
 

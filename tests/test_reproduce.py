@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from browser import probe as probe_page
+
 pytestmark = [pytest.mark.slow]
 
 ADVLS = [str(Path(sys.executable).with_name("advls"))]
@@ -199,73 +201,8 @@ def test_report_command_renders_a_store_elsewhere(suite, tmp_path):
 
 
 # --------------------------------------------------------------------------- the browser
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-)
-
-# Appended to a copy of the page: after load, write what the browser made of it into the DOM.
-PROBE = """
-<script>
-window.addEventListener("load", () => {
-  const images = [...document.images].map(img => ({
-    alt: img.alt, complete: img.complete, width: img.naturalWidth, height: img.naturalHeight}));
-  const tables = [...document.querySelectorAll("[data-table]")].map(t => ({
-    name: t.dataset.table, rows: t.querySelectorAll("tbody tr").length}));
-  const out = document.createElement("pre");
-  out.id = "probe";
-  out.textContent = JSON.stringify({images, tables});
-  document.body.appendChild(out);
-});
-</script>
-"""
-
-
-def chromium() -> str:
-    """Debian's chromium, installed on first use when this machine can (root and apt-get)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        pytest.skip("chromium is not installed and cannot be (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        [apt, "update", "-q"],
-        [apt, "install", "-y", "-q", "--no-install-recommends", "chromium"],
-    ):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.skip(f"could not install chromium: {done.stderr[-500:]}")
-    return shutil.which("chromium") or pytest.fail("chromium installed but not on PATH")
-
-
 def test_report_renders_in_headless_chromium(suite, tmp_path):
-    page = (suite["out"] / "report" / "report.html").read_text()
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.replace("</body>", PROBE + "</body>"))
-    profile = tmp_path / "profile"
-    done = subprocess.run(
-        [
-            chromium(),
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            probed.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    match = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
-    assert match, done.stderr[-2000:]
-    probe = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    probe = probe_page(suite["out"] / "report" / "report.html", tmp_path)
     markdown = (suite["out"] / "report" / "report.md").read_text()
     assert len(probe["images"]) == len(re.findall(r"!\[[^\]]*\]\([^)]+\.png\)", markdown))
     for image in probe["images"]:

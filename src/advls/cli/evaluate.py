@@ -16,20 +16,21 @@ from advls.cli.options import (
     DataDirOption,
     DeviceOption,
     check_points,
-    load_points,
 )
 
 __all__ = ["evaluate"]
 
 
 def _parse_numbers(values: list[str], option: str) -> list[float]:
-    """Repeatable options that also take comma-separated lists: ``--eps 0.1,0.2 --eps 0.3``."""
+    """Repeatable options that also take comma-separated lists and fractions:
+    ``--eps 0.1,0.2 --eps 0.3``, ``--eps 8/255``."""
     numbers = []
     for value in values:
         for item in value.split(","):
-            try:
-                numbers.append(float(item))
-            except ValueError:
+            try:  # a fraction such as 8/255 reads as budgets are usually written
+                top, _, bottom = item.partition("/")
+                numbers.append(float(top) / float(bottom) if bottom else float(item))
+            except (ValueError, ZeroDivisionError):
                 raise ValueError(f"{option} takes numbers, got {item.strip()!r}") from None
     return numbers
 
@@ -42,9 +43,52 @@ def _progress_factory(bar: Any) -> Callable[[str, int], Callable[[int], None]]:
     return start
 
 
+def _numbers_tuple(value: str | None, option: str) -> tuple[float, ...] | None:
+    return tuple(_parse_numbers([value], option)) if value is not None else None
+
+
 def evaluate(
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Run directory of the trained model to evaluate.")
+        Path | None, typer.Option(help="Run directory of a model trained by advls train.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="A model of your own instead of --checkpoint: PACKAGE.MODULE:FACTORY or "
+            "path/to/file.py:FACTORY, a callable returning an nn.Module that takes "
+            "(N, C, H, W) images in [0, 1] and returns logits (N, K).",
+        ),
+    ] = None,
+    model_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-arg",
+            help="KEY=VALUE keyword argument of the factory, repeatable; VALUE is read as "
+            "YAML (18, 0.5, true, [16, 32]).",
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Weights for --model: .safetensors, or a state dict saved with torch.save "
+            "(read with weights_only=True: no code in it ever runs)."
+        ),
+    ] = None,
+    mean: Annotated[
+        str | None,
+        typer.Option(
+            help="Per-channel mean, comma-separated: --model is wrapped in (x - mean) / std, "
+            "so budgets stay in pixel units. Omit when the model normalises inside."
+        ),
+    ] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std, with --mean.")] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="mnist, fashion-mnist, kmnist, cifar10, svhn or a .npz file of x and y; "
+            "required with --model (default: the checkpoint's dataset)."
+        ),
     ] = None,
     protocol: Annotated[
         list[str] | None,
@@ -88,6 +132,13 @@ def evaluate(
         Path | None,
         typer.Option(help="Write evaluation.json and evaluation.md into this directory."),
     ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the audit into this folder: audit.html (one self-contained page), "
+            "audit.md, model_card.json (RobustBench's model_info shape) and evaluation.json."
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the JSON result instead of the tables.")
     ] = False,
@@ -96,24 +147,29 @@ def evaluate(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per attack.")] = True,
 ) -> None:
-    """Evaluate a checkpoint under the paper, standard, strong and AutoAttack protocols, with
-    the gradient-masking audit.
+    """Evaluate a checkpoint, or any PyTorch model, under the paper, standard, strong and
+    AutoAttack protocols, with the gradient-masking audit.
 
     Prints robust accuracy per attack and eps over all points (clean errors count as
     failures), the per-example worst case of each protocol, DeepFool/CW distances, and
-    every masking check with its verdict and evidence. Exits 0 whatever the flags say.
+    every masking check with its verdict and evidence. --report writes the page a reviewer
+    reads. Exits 0 whatever the flags say; 2 for any input it cannot use, before any work
+    and with nothing written.
 
     Examples:
 
         advls evaluate --checkpoint runs/als --protocol paper --protocol strong --surrogate runs/ce
 
-        advls evaluate --checkpoint runs/als --eps 0.1,0.3 --n 500 --out results/als
+        advls evaluate --model cnn.py:net --weights cnn.safetensors --dataset mnist --report audit/
 
-        advls evaluate --checkpoint runs/als --protocol autoattack --eps 0.3
+        advls evaluate --model nets:wrn --model-arg depth=28 --dataset cifar10 --protocol autoattack
+
+        advls evaluate --checkpoint runs/als --eps 0.1,0.3 --n 500 --out results/als
     """
     from rich.progress import Progress
 
     from advls.atomic import write_text_atomically
+    from advls.audit import audit
     from advls.checkpoint import load_model
     from advls.evaluate import (
         PROTOCOLS,
@@ -122,53 +178,102 @@ def evaluate(
         get_protocol,
         training_smoothing,
     )
-    from advls.evaluate import evaluate as run_evaluation
     from advls.evaluate.inputs import check_l2_budgets
+    from advls.external import ModelSource, parse_model_args
+    from advls.outputs import check_output_dir
     from advls.train import resolve_device
 
     if show_protocols:
         print(json.dumps([p.describe() for p in PROTOCOLS.values()], indent=2))
         return
     with reported_errors():
-        if checkpoint is None:
-            raise ValueError("--checkpoint is required (a run directory written by advls train)")
+        if (checkpoint is None) == (model is None):
+            raise ValueError(
+                "give --checkpoint (a run directory of advls train) or --model (a factory "
+                "of your own), one of them"
+            )
+        if model is None and (model_arg or weights or mean or std):
+            raise ValueError("--model-arg, --weights, --mean and --std go with --model")
         chosen = [get_protocol(name) for name in (protocol or ["strong"])]
         budgets = check_eps_list(_parse_numbers(eps, "--eps")) if eps else None
         l2 = check_l2_budgets(_parse_numbers(l2_budget, "--l2-budget")) if l2_budget else None
         check_points(points)
-        if out is not None and out.exists() and not out.is_dir():
-            raise ValueError(f"--out must be a directory, got the file {out}")
+        for folder, option in ((out, "--out"), (report, "--report")):
+            if folder is not None:
+                check_output_dir(folder, option=option)
         target = resolve_device(device)
-        model, meta = load_model(checkpoint, target)
-        twin = None
-        if surrogate is not None:
-            twin, twin_meta = load_model(surrogate, target)
-            ours, theirs = meta["model"]["num_classes"], twin_meta["model"]["num_classes"]
-            if ours != theirs:
-                raise ValueError(
-                    f"the surrogate {surrogate} has {theirs} classes but {checkpoint} has "
-                    f"{ours}: a transfer attack needs a model of the same task"
-                )
-        images, labels = load_points(meta, split, points, data_dir)
-        count = len(labels)
-        with Progress(transient=True, disable=not progress, console=console) as bar:
-            result = run_evaluation(
-                model, images, labels, protocols=chosen,
-                eps=budgets, l2_budgets=l2, smoothing=training_smoothing(meta["config"]),
-                surrogate=twin, batch_size=batch_size, device=target, seed=seed,
-                progress=_progress_factory(bar),
+        smoothing = None
+        if checkpoint is not None:
+            subject, meta = load_model(checkpoint, target)
+            smoothing = training_smoothing(meta["config"])
+            data = dataset or meta["config"]["dataset"]
+            name = f"{checkpoint} ({meta['config']['model']}, {meta['config']['loss']})"
+            source_words = ["--checkpoint", str(checkpoint)]
+        else:
+            if dataset is None:
+                raise ValueError("--dataset is required with --model (a name or a .npz file)")
+            subject = ModelSource(
+                model, parse_model_args(model_arg or []), weights,
+                _numbers_tuple(mean, "--mean"), _numbers_tuple(std, "--std"),
             )  # fmt: skip
-        payload = result.to_json(checkpoint=str(checkpoint), surrogate=surrogate, split=split)
-        title = f"{checkpoint} ({meta['config']['model']}, {meta['config']['loss']})"
-        tables = format_markdown(result, title=title)
+            data, name, source_words = dataset, model, subject.command_args()
+        twin = load_model(surrogate, target)[0] if surrogate is not None else None
+        command = _reproducing_command(
+            source_words, data, split, points, chosen, budgets, l2, surrogate, seed, report
+        )
+        with Progress(transient=True, disable=not progress, console=console) as bar:
+            result = audit(
+                subject, data, split=split, n=points, data_dir=data_dir, protocols=chosen,
+                eps=budgets, l2_budgets=l2, smoothing=smoothing, surrogate=twin,
+                batch_size=batch_size, device=target, seed=seed, report=report, name=name,
+                command=command, progress=_progress_factory(bar),
+            )  # fmt: skip
+        payload = result.to_json(
+            checkpoint=str(checkpoint) if checkpoint else None,
+            model=subject.describe() if isinstance(subject, ModelSource) else None,
+            dataset=data, surrogate=surrogate, split=split,
+        )  # fmt: skip
+        tables = format_markdown(result, title=name)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             write_text_atomically(out / "evaluation.json", payload + "\n")
             write_text_atomically(out / "evaluation.md", tables)
     print(payload if as_json else tables)
     raised = ", ".join(flag.name for flag in result.raised) or "none"
+    written = [str(folder) for folder in (out, report) if folder is not None]
     console.print(
-        f"[bold]{count} points, {result.seconds:.0f} s[/]; gradient-masking flags raised: "
-        f"[{'bold red' if result.raised else 'green'}]{raised}[/]"
-        + (f"; written to {out}" if out is not None else "")
+        f"[bold]{result.points} points, {result.seconds:.0f} s[/]; gradient-masking flags "
+        f"raised: [{'bold red' if result.raised else 'green'}]{raised}[/]"
+        + (f"; written to {' and '.join(written)}" if written else "")
     )
+
+
+def _reproducing_command(
+    source: list[str],
+    data: str,
+    split: str,
+    points: int | None,
+    protocols: list[Any],
+    eps: tuple[float, ...] | None,
+    l2: tuple[float, ...] | None,
+    surrogate: Path | None,
+    seed: int,
+    report: Path | None,
+) -> list[str]:
+    """The ``advls evaluate`` command line that repeats this evaluation, every choice explicit
+    but the defaults it took (so it reads as the user would type it)."""
+    words = ["advls", "evaluate", *source, "--dataset", data, "--split", split]
+    if points is not None:
+        words += ["--n", str(points)]
+    for chosen in protocols:
+        words += ["--protocol", chosen.name]
+    if eps:
+        words += ["--eps", ",".join(f"{value:.10g}" for value in eps)]
+    if l2:
+        words += ["--l2-budget", ",".join(f"{value:.10g}" for value in l2)]
+    if surrogate is not None:
+        words += ["--surrogate", str(surrogate)]
+    words += ["--seed", str(seed)]
+    if report is not None:
+        words += ["--report", str(report)]
+    return words

@@ -21,8 +21,8 @@ __all__ = [
 
 DATA_DIR_HELP = "Data directory (default: $ADVLS_DATA, then ~/.cache/advls)."
 
-#: Points a command uses when ``--n`` is not given, or all the split has if fewer; an ``--n``
-#: given explicitly must not exceed the split.
+#: Points a command uses when ``--n`` is not given (the library's default, restated here so
+#: that ``--help`` needs no torch import; a test holds the two equal).
 DEFAULT_POINTS = 1000
 POINTS_HELP = (
     f"the first N points of the split (default {DEFAULT_POINTS}, or all of a smaller split; "
@@ -61,13 +61,10 @@ def load_points(
         ValueError: the dataset cannot be loaded, is too small, or has labels the model lacks.
     """
     from advls import data as datasets
-    from advls.evaluate.inputs import check_labels
-    from advls.evaluate.inputs import check_points as rule
+    from advls.evaluate.inputs import check_labels, points_or_default
 
     dataset = datasets.load(meta["config"]["dataset"], split, data_dir)
-    if points is None:
-        points = min(DEFAULT_POINTS, len(dataset)) or 1  # an empty split: the rule names it
-    count = rule(points, len(dataset), dataset=repr(dataset.name), split=split)
+    count = points_or_default(points, len(dataset), dataset=repr(dataset.name), split=split)
     classes = meta["model"]["num_classes"]
     labels = dataset.labels[:count]
     check_labels(labels, classes, f"{dataset.name} ({split}), for a model of {classes} classes")

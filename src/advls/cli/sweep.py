@@ -271,8 +271,9 @@ def export(
 ) -> None:
     """Write finished runs' results as one flat table: a row per metric, run settings as columns.
 
-    Columns: run, name, dataset, model, loss, alpha, temperature, defence, epochs, seed,
-    protocol, attack, eps, metric, value.
+    Columns: run, name, dataset, model, loss, alpha, temperature, defence, epochs, seed
+    (trained runs), factory, weights, weights_sha256, split, label (audited models; empty
+    for trained runs), protocol, attack, eps, metric, value.
 
     The store is only read. --out is never the store, a file advls owns (a store, a run's
     checkpoint files) or a directory, and an existing file is replaced only with --force;

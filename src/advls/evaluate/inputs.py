@@ -18,12 +18,14 @@ from typing import Any
 from advls.data.labels import check_labels
 
 __all__ = [
+    "DEFAULT_POINTS",
     "check_eps",
     "check_eps_list",
     "check_l2_budget",
     "check_l2_budgets",
     "check_labels",
     "check_points",
+    "points_or_default",
 ]
 
 
@@ -65,6 +67,19 @@ def check_l2_budgets(budgets: Sequence[float]) -> tuple[float, ...]:
     if isinstance(budgets, str) or not isinstance(budgets, Sequence) or len(budgets) == 0:
         raise ValueError("l2 budgets must be a non-empty list of numbers > 0")
     return tuple(sorted({check_l2_budget(value) for value in budgets}))
+
+
+#: Points an evaluation uses when ``n`` is not given, or all the split has if fewer; an ``n``
+#: given explicitly must not exceed the split.
+DEFAULT_POINTS = 1000
+
+
+def points_or_default(n: int | None, available: int, *, dataset: str, split: str) -> int:
+    """``n`` checked against the split (:func:`check_points`), or when None the default:
+    :data:`DEFAULT_POINTS`, or the whole split if it is smaller."""
+    if n is None:
+        n = min(DEFAULT_POINTS, available) or 1  # an empty split: the rule names it
+    return check_points(n, available, dataset=dataset, split=split)
 
 
 def check_points(

@@ -3,6 +3,11 @@ verdict, and ``report.md`` / ``report.html`` tying them together.
 
 Everything is re-derived from the store (and the paper's transcribed tables), so rendering
 twice gives the same files, and a report can be rebuilt anywhere the store is copied to.
+
+Audits of models advls did not train (runs of a ``model:`` spec) have no loss or alpha, so
+the paper's tables, comparison, figures and claims are built from the trained runs alone;
+the audited models get a table of their own (:func:`audited_models_table`), and a store of
+audits only gets that table and says why the paper's are missing.
 """
 
 from __future__ import annotations
@@ -42,7 +47,13 @@ from advls.report.tables import audit_table, slug, tables_from_cells, write_tabl
 from advls.store import Store
 from advls.sweep.export import results_table
 
-__all__ = ["ReportFiles", "build_report", "default_paper_tables", "mappings_from_store"]
+__all__ = [
+    "ReportFiles",
+    "audited_models_table",
+    "build_report",
+    "default_paper_tables",
+    "mappings_from_store",
+]
 
 #: |ours - paper| above this is highlighted in the comparison.
 FAR = 0.05
@@ -403,6 +414,81 @@ def _audit_section(audit: pd.DataFrame, writer: _Writer) -> Section:
     return section
 
 
+def audited_models_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per audited model and budget: clean accuracy, each protocol's worst case, the flags.
+
+    ``frame`` is a results table (:func:`advls.sweep.export.results_table`); only its audits
+    (rows with a ``factory``) are read. Columns: ``name, dataset, weights_sha256`` (its first
+    12 digits), ``eps``, ``clean``, one column per protocol (the per-example worst case over
+    its attacks at that budget; an L2 protocol's rows are at its L2 budgets) and ``flags``
+    (the gradient-masking checks the run raised). Empty when the store holds no audit.
+    """
+    rows = frame[frame["factory"].notna()]
+    worst = rows[(rows["attack"] == "worst_case") & (rows["metric"] == "robust_accuracy")]
+    protocols = list(dict.fromkeys(worst["protocol"]))
+    columns = ["name", "dataset", "weights_sha256", "eps", "clean", *protocols, "flags"]
+    if worst.empty:
+        return pd.DataFrame(columns=columns)
+    wide = worst.set_index(["run", "eps", "protocol"])["value"].unstack("protocol")
+    wide = wide.reindex(columns=protocols).reset_index()
+    runs = rows.drop_duplicates("run").set_index("run").loc[wide["run"]]
+    clean = rows[(rows["protocol"] == "clean") & (rows["metric"] == "accuracy")]
+    raised = rows[
+        (rows["protocol"] == "audit")
+        & rows["attack"].str.startswith("flag:")
+        & (rows["metric"] == "raised")
+        & (rows["value"] == 1)
+    ]
+    flags = raised.groupby("run")["attack"].agg(
+        lambda names: ", ".join(sorted(n.removeprefix("flag:") for n in names))
+    )
+    wide["name"] = runs["name"].to_numpy()
+    wide["dataset"] = runs["dataset"].to_numpy()
+    wide["weights_sha256"] = [
+        str(d)[:12] if isinstance(d, str) else "" for d in runs["weights_sha256"]
+    ]
+    wide["clean"] = wide["run"].map(clean.set_index("run")["value"])
+    wide["flags"] = [flags.get(run, "") for run in wide["run"]]
+    table = wide[columns].sort_values(["name", "eps"], kind="stable").reset_index(drop=True)
+    table.columns.name = None
+    return table
+
+
+def _audited_section(frame: pd.DataFrame, writer: _Writer, *, trained: bool) -> Section:
+    table = audited_models_table(frame)
+    section = Section("Audited models")
+    count = frame[frame["factory"].notna()]["run"].nunique()
+    scope = (
+        "they cover the trained runs only"
+        if trained
+        else "this report has none of them: the store holds audits only"
+    )
+    section.blocks.append(
+        TextBlock(
+            [
+                f"{count} models audited from outside advls (runs of a `model:` spec: a "
+                "factory and its weights, nothing trained). The paper's tables, the side by "
+                "side, its figures and the verdict on its claims are built from runs advls "
+                f"trained, whose losses and alphas they compare; {scope}."
+            ]
+        )
+    )
+    files = writer.tables_of({"audited-models": table})["audited-models"]
+    section.blocks.append(
+        TableBlock(
+            "Audited models",
+            table,
+            caption="clean: accuracy on the evaluated points; one column per protocol: the "
+            "worst case over its attacks at each budget ([0, 1] pixels); weights_sha256: the "
+            "first 12 digits of the weights' sha256; flags: gradient-masking checks raised.",
+            files=files,
+            cell_class=_audit_cells,
+            collapsed=len(table) > 40,
+        )
+    )
+    return section
+
+
 #: Figures of the theory experiments: (result file, figure glob, title, caption).
 _THEORY = (
     (
@@ -531,22 +617,28 @@ def build_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = _Writer(out)
-    mappings, inferred = mappings_from_store(store, names, frame)
-    cells = paper_cells(frame, mappings) if mappings else pd.DataFrame()
-    audit = audit_table(frame)
+    audits = frame["factory"].notna()
+    trained, audited = frame[~audits], frame[audits]
 
     sections: list[Section] = []
-    claims = check_claims(cells, audit) if not cells.empty else pd.DataFrame()
-    sections.append(_verdict_section(claims, writer))
-    if not cells.empty:
-        sections.append(_tables_section(tables_from_cells(cells, sources=_SOURCES), writer))
-        sections.append(
-            _comparison_section(
-                cells, Path(paper_tables or default_paper_tables()), writer, threshold, inferred
+    claims = pd.DataFrame()
+    if not trained.empty:
+        mappings, inferred = mappings_from_store(store, names, trained)
+        cells = paper_cells(trained, mappings) if mappings else pd.DataFrame()
+        audit = audit_table(trained)
+        claims = check_claims(cells, audit) if not cells.empty else pd.DataFrame()
+        sections.append(_verdict_section(claims, writer))
+        if not cells.empty:
+            sections.append(_tables_section(tables_from_cells(cells, sources=_SOURCES), writer))
+            sections.append(
+                _comparison_section(
+                    cells, Path(paper_tables or default_paper_tables()), writer, threshold, inferred
+                )
             )
-        )
-        sections.append(_figure_section(frame, mappings, cells, writer))
-    sections.append(_audit_section(audit, writer))
+            sections.append(_figure_section(trained, mappings, cells, writer))
+        sections.append(_audit_section(audit, writer))
+    if not audited.empty:
+        sections.append(_audited_section(audited, writer, trained=not trained.empty))
     theory = _theory_section([Path(d) for d in theory_dirs], writer)
     if theory is not None:
         sections.append(theory)

@@ -4,7 +4,7 @@ The driver is the only process that writes the store. It claims at most as many 
 executor can execute, writes each outcome in one transaction as it arrives, and stops when
 nothing it may claim is left (runs that another driver holds are that driver's). Killed at
 any moment, it loses at most the runs in flight, which the next driver takes back and whose
-training resumes from the last checkpoint.
+training resumes from the last checkpoint (an audit of a model from outside is run again).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from advls.data import resolve_data_dir
 from advls.store import Store
 from advls.sweep.executors import Executor
 from advls.sweep.job import Outcome, Task
-from advls.sweep.spec import RunSpec, SweepSpec
+from advls.sweep.spec import AnyRunSpec, SweepSpec
 
 __all__ = ["SweepSummary", "register", "run_sweep"]
 
@@ -36,13 +36,15 @@ class SweepSummary:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def register(store: Store, sweep: SweepSpec | str, runs: Sequence[RunSpec]) -> list[str]:
+def register(store: Store, sweep: SweepSpec | str, runs: Sequence[AnyRunSpec]) -> list[str]:
     """Add the runs to the store under ``sweep`` (known runs are kept); returns their keys.
 
-    Given the spec itself, the store also keeps it (reports read its ``paper`` section).
+    Given the spec itself, the store also keeps it (reports read its ``paper`` section),
+    without the section its kind leaves unused (``model`` of a training spec, or ``train``).
     """
     if isinstance(sweep, SweepSpec):
-        store.record_sweep(sweep.name, sweep.model_dump(mode="json"))
+        unused = {"model"} if sweep.model is None else {"train"}
+        store.record_sweep(sweep.name, sweep.model_dump(mode="json", exclude=unused))
         sweep = sweep.name
     store.add_runs(
         sweep,

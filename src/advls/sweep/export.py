@@ -1,9 +1,14 @@
-"""The store's results as one flat table: a row per metric, with its run's settings as columns."""
+"""The store's results as one flat table: a row per metric, with its run's settings as columns.
+
+Trained runs and audits of models from outside share one table: a trained run fills the
+training columns (:data:`RUN_COLUMNS`), an audit the model columns (:data:`MODEL_COLUMNS`)
+and ``dataset``; the columns that do not apply to a run are empty.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -11,7 +16,7 @@ from advls.atomic import atomic_target
 from advls.outputs import check_output_file
 from advls.store import Store
 
-__all__ = ["FORMATS", "export", "results_table"]
+__all__ = ["FORMATS", "MODEL_COLUMNS", "RUN_COLUMNS", "export", "results_table"]
 
 FORMATS: tuple[str, ...] = ("csv", "parquet")
 
@@ -27,6 +32,22 @@ RUN_COLUMNS: tuple[str, ...] = (
     "seed",
 )
 
+#: An audited model's settings (a ``model:`` spec's run): empty for a trained run.
+MODEL_COLUMNS: tuple[str, ...] = ("factory", "weights", "weights_sha256", "split", "label")
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's columns: its training's, or its audited model's; None where one does not apply."""
+    if config.get("kind") == "audit":
+        model = config["model"]
+        return {
+            **dict.fromkeys(RUN_COLUMNS),
+            "dataset": model["dataset"],
+            **{column: model[column] for column in MODEL_COLUMNS},
+        }
+    train = config["train"]
+    return {**{column: train[column] for column in RUN_COLUMNS}, **dict.fromkeys(MODEL_COLUMNS)}
+
 
 def results_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
     """Finished runs' results (all sweeps, or one) joined with their runs' settings."""
@@ -35,17 +56,17 @@ def results_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
         known = ", ".join(store.sweeps()) or "none"
         raise ValueError(f"the store has no sweep named {sweep!r} (known: {known})")
     runs = {run["key"]: run for run in store.runs(keys)}
+    settings = {key: _settings(run["config"]) for key, run in runs.items()}
     rows = []
     for result in store.results(keys):
         run = runs[result["run_key"]]
         if run["status"] != "done":
             continue
-        train = run["config"]["train"]
         rows.append(
             {
                 "run": run["key"],
                 "name": run["name"],
-                **{column: train[column] for column in RUN_COLUMNS},
+                **settings[run["key"]],
                 "protocol": result["protocol"],
                 "attack": result["attack"],
                 "eps": result["eps"],
@@ -53,7 +74,8 @@ def results_table(store: Store, sweep: str | None = None) -> pd.DataFrame:
                 "value": result["value"],
             }
         )
-    columns = ["run", "name", *RUN_COLUMNS, "protocol", "attack", "eps", "metric", "value"]
+    settings_columns = [*RUN_COLUMNS, *MODEL_COLUMNS]
+    columns = ["run", "name", *settings_columns, "protocol", "attack", "eps", "metric", "value"]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -5,6 +5,11 @@ a plain :class:`Outcome` (both picklable, for process pools and Ray), and the dr
 it. Checkpoints go to ``<artifact_dir>/train/<train_key>/``; runs that differ only in their
 evaluation share that checkpoint, and a file lock keeps two workers from training the same
 directory at once (e.g. a restarted driver while an orphaned task still runs).
+
+An audit (a run of a ``model:`` spec) trains nothing: it checks that its files still hold
+the bytes its key was computed from, loads the model with
+:func:`advls.external.load_external_model`, checks it against the data as
+:func:`advls.audit.audit` does, and is evaluated by the same step as a trained run.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from advls import data as datasets
 from advls.atomic import write_text_atomically
 from advls.evaluate import Evaluation, audit_records, evaluate, training_smoothing
+from advls.evaluate.inputs import check_labels
+from advls.external import check_model_io, load_external_model
 from advls.store import Result
-from advls.sweep.spec import EvaluateSpec, canonical_train, train_key
-from advls.train import TrainConfig, TrainResult, train
+from advls.sweep.spec import AuditedModel, EvaluateSpec, canonical_train, train_key
+from advls.train import TrainConfig, TrainResult, resolve_device, train
 
 __all__ = ["Outcome", "Task", "evaluation_results", "execute_run", "twin_config"]
 
@@ -117,11 +125,9 @@ def evaluation_results(evaluation: Evaluation) -> list[Result]:
     return rows
 
 
-def _run(task: Task) -> Outcome:
-    artifact_dir = Path(task.artifact_dir)
-    config = TrainConfig.model_validate(task.config["train"])
-    plan = task.config["evaluate"]
-    evaluation_spec = EvaluateSpec.model_validate(
+def _evaluation_spec(plan: dict[str, Any]) -> EvaluateSpec:
+    """The stored evaluation as its spec (without what the store added to each protocol)."""
+    return EvaluateSpec.model_validate(
         {
             **{k: v for k, v in plan.items() if k != "protocols"},
             "protocols": [
@@ -129,6 +135,50 @@ def _run(task: Task) -> Outcome:
             ],
         }
     )
+
+
+def _evaluate(
+    task: Task,
+    outcome: Outcome,
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    smoothing: dict[str, Any] | None,
+    surrogate: nn.Module | None,
+    device: torch.device,
+) -> None:
+    """The evaluation step of every run: the protocols on the first ``n`` points, the result
+    rows and ``evaluation.json`` added to ``outcome``."""
+    plan = task.config["evaluate"]
+    spec = _evaluation_spec(plan)
+    started = time.perf_counter()
+    evaluation = evaluate(
+        model,
+        images[: spec.n],
+        labels[: spec.n],
+        protocols=[entry.build() for entry in spec.protocols],
+        eps=plan["eps"],
+        l2_budgets=spec.l2_budgets,
+        smoothing=smoothing,
+        surrogate=surrogate,
+        batch_size=spec.batch_size,
+        device=device,
+        seed=spec.seed,
+        checks=spec.checks,
+    )
+    outcome.timings["eval_seconds"] = time.perf_counter() - started
+    outcome.results += evaluation_results(evaluation)
+    report = Path(task.artifact_dir) / "runs" / task.key / "evaluation.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(report, evaluation.to_json(run=task.key, config=task.config))
+    outcome.artifacts["evaluation"] = str(report)
+
+
+def _run_trained(task: Task) -> Outcome:
+    artifact_dir = Path(task.artifact_dir)
+    config = TrainConfig.model_validate(task.config["train"])
+    evaluation_spec = _evaluation_spec(task.config["evaluate"])
     outcome = Outcome(task.key)
 
     started = time.perf_counter()
@@ -152,34 +202,67 @@ def _run(task: Task) -> Outcome:
         surrogate = _train(twin, artifact_dir / "train" / twin_key, task).model
         outcome.artifacts["surrogate"] = str(artifact_dir / "train" / twin_key)
 
-    started = time.perf_counter()
     test = datasets.load(config.dataset, "test", task.data_dir, progress=False)
-    n = evaluation_spec.n
-    evaluation = evaluate(
+    _evaluate(
+        task,
+        outcome,
         trained.model,
-        test.images[:n],
-        test.labels[:n],
-        protocols=[entry.build() for entry in evaluation_spec.protocols],
-        eps=plan["eps"],
-        l2_budgets=evaluation_spec.l2_budgets,
+        test.images,
+        test.labels,
         smoothing=training_smoothing(config.model_dump()),
         surrogate=surrogate,
-        batch_size=evaluation_spec.batch_size,
         device=next(trained.model.parameters()).device,
-        seed=evaluation_spec.seed,
-        checks=evaluation_spec.checks,
     )
-    outcome.timings["eval_seconds"] = time.perf_counter() - started
-    outcome.results += evaluation_results(evaluation)
-    report = artifact_dir / "runs" / task.key / "evaluation.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(report, evaluation.to_json(run=task.key, config=task.config))
-    outcome.artifacts["evaluation"] = str(report)
     return outcome
 
 
+def _check_unchanged(model: AuditedModel) -> None:
+    """Each file must still hold the bytes the run's key was computed from: a changed file
+    is another run, and its numbers must not be stored under this one's key."""
+    for what, path, expected in model.files():
+        if datasets.file_digest(path) != expected:
+            raise ValueError(
+                f"the {what} file {path} changed since the sweep registered it (its sha256 "
+                f"was {expected[:12]}...); run the spec again to audit the new file as a new run"
+            )
+
+
+def _run_audit(task: Task) -> Outcome:
+    model_spec = AuditedModel.from_dict(task.config["model"])
+    outcome = Outcome(task.key)
+    _check_unchanged(model_spec)
+    device = resolve_device(task.device)
+    started = time.perf_counter()
+    model = load_external_model(model_spec.source(), device)
+    data = datasets.load(model_spec.dataset, model_spec.split, task.data_dir, progress=False)
+    # Checked as advls.audit.audit checks a model, before any attack.
+    classes = check_model_io(model, data.images, device)
+    n = task.config["evaluate"]["n"]
+    where = f"{data.name} ({model_spec.split}), for a model of {classes} classes"
+    check_labels(data.labels[:n], classes, where)
+    outcome.timings["load_seconds"] = time.perf_counter() - started
+    _evaluate(
+        task,
+        outcome,
+        model,
+        data.images,
+        data.labels,
+        smoothing=None,
+        surrogate=None,
+        device=device,
+    )
+    return outcome
+
+
+def _run(task: Task) -> Outcome:
+    if task.config.get("kind") == "audit":
+        return _run_audit(task)
+    return _run_trained(task)
+
+
 def execute_run(task: Task) -> Outcome:
-    """Train and evaluate one run; any failure comes back as ``Outcome.error``, not raised."""
+    """Train (or load) and evaluate one run; any failure comes back as ``Outcome.error``, not
+    raised."""
     threads = torch.get_num_threads()
     if task.threads is not None:
         torch.set_num_threads(task.threads)

@@ -13,10 +13,22 @@ experiment declared twice, or in two specs, is one run::
       - {loss: [standard, adversarial], alpha: [0.1, 0.5]}
     evaluate: {protocols: [paper], eps: [0.1, 0.2], n: 500}
 
+A spec may instead audit models it did not train: a ``model`` section (instead of
+``train``) names a factory, its arguments, the weights, the dataset and its split, and the
+grid's axes are those fields (:class:`ModelSpec`); each run is an :class:`AuditRunSpec`,
+keyed by the contents of its files (the weights' sha256, not their path)::
+
+    name: study-audit
+    model: {factory: models/cnn.py:small_cnn, args: {width: 16}, dataset: mnist}
+    grid:
+      weights: [ckpts/s0.safetensors, ckpts/s1.safetensors]
+    evaluate: {protocols: [paper, strong], eps: [0.1, 0.3], n: 200}
+
 Errors name the file, the field and the allowed values, and are raised before any training:
 every attack configuration of every protocol is built and checked by the attacks' own
 validation (:func:`check_attacks`), and numbers are typed strictly (``epochs: true`` is not
-1, ``n: 2.0`` is not 2).
+1, ``n: 2.0`` is not 2). An audited model is built once per distinct factory, arguments and
+weights, its weights fitted and its output checked against the dataset's images and classes.
 
 A spec is input from anyone, so it is read within bounds, each checked before the work it
 guards (:data:`advls.limits.LIMITS`): at most :data:`MAX_SPEC_BYTES` read from a regular file (no
@@ -29,14 +41,15 @@ before any run is made.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +62,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
 )
@@ -58,8 +72,17 @@ from advls import data as datasets
 from advls.attacks import from_config
 from advls.attacks.validation import check_seed, make_generator
 from advls.evaluate import Protocol, check_eps_list, default_eps, get_protocol
-from advls.evaluate.inputs import check_l2_budgets, check_points
+from advls.evaluate.inputs import check_l2_budgets, check_labels, check_points
 from advls.evaluate.protocols import default_l2_budgets, fit_to_classes, training_smoothing
+from advls.external import (
+    ExternalModelError,
+    ModelSource,
+    build_model,
+    check_model_io,
+    fit_weights,
+    import_factory,
+    read_state_dict,
+)
 from advls.limits import (
     DEFAULT_MAX_RUNS,
     LIMITS,
@@ -75,7 +98,11 @@ __all__ = [
     "MAX_SPEC_BYTES",
     "MAX_YAML_DEPTH",
     "MAX_YAML_VALUES",
+    "AnyRunSpec",
+    "AuditRunSpec",
+    "AuditedModel",
     "EvaluateSpec",
+    "ModelSpec",
     "ProtocolEntry",
     "RunSpec",
     "SpecError",
@@ -203,6 +230,9 @@ class SweepSpec(BaseModel):
     name: str = Field(min_length=1)
     description: str = ""
     train: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] | None = Field(
+        None, description="models to audit instead of training (ModelSpec's fields)"
+    )
     grid: tuple[dict[str, Any], ...] = ({},)
     evaluate: EvaluateSpec = EvaluateSpec()
     paper: dict[str, Any] = Field(
@@ -214,6 +244,18 @@ class SweepSpec(BaseModel):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, Mapping) else value
+
+
+def _resolved_evaluation(evaluate: EvaluateSpec, eps: tuple[float, ...]) -> dict[str, Any]:
+    """A run's evaluation as stored and hashed, with its budgets and protocols resolved."""
+    evaluation = evaluate.model_dump(mode="json", exclude={"eps", "protocols"})
+    evaluation["eps"] = list(eps)
+    # The entry rebuilds the protocol; "resolved" records what it meant when it ran.
+    evaluation["protocols"] = [
+        {**entry.model_dump(mode="json"), "resolved": entry.build().describe()}
+        for entry in evaluate.protocols
+    ]
+    return {"evaluate": evaluation}
 
 
 @dataclass(frozen=True)
@@ -232,24 +274,230 @@ class RunSpec:
 
     @property
     def name(self) -> str:
+        """``dataset-model-method[-defence]-sSEED``."""
         config = self.train
         method = config.loss if config.loss == "ce" else f"{config.loss}-{config.alpha:g}"
         defence = "" if config.defence == "none" else f"-{config.defence}"
         return f"{config.dataset}-{config.model}-{method}{defence}-s{config.seed}"
 
+    @property
+    def dataset(self) -> str:
+        """The dataset the run trains and is evaluated on."""
+        return self.train.dataset
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits it reads: trained on ``train``, evaluated on ``test`` (the last)."""
+        return ("train", "test")
+
+    @property
+    def smoothing(self) -> dict[str, Any] | None:
+        """The training loss the paper protocol's attacks ascend."""
+        return training_smoothing(self.train.model_dump())
+
+    @property
+    def task(self) -> tuple[int, tuple[int, ...]]:
+        """Classes and one input's shape, for checking the attacks."""
+        return _task(self.train.dataset)
+
     def resolved(self) -> dict[str, Any]:
         """The fully resolved configuration, as stored and hashed."""
-        return {"version": KEY_VERSION, "train": self.train.model_dump(), **self._evaluation()}
+        return {
+            "version": KEY_VERSION,
+            "train": self.train.model_dump(),
+            **_resolved_evaluation(self.evaluate, self.eps),
+        }
 
-    def _evaluation(self) -> dict[str, Any]:
-        evaluation = self.evaluate.model_dump(mode="json", exclude={"eps", "protocols"})
-        evaluation["eps"] = list(self.eps)
-        # The entry rebuilds the protocol; "resolved" records what it meant when it ran.
-        evaluation["protocols"] = [
-            {**entry.model_dump(mode="json"), "resolved": entry.build().describe()}
-            for entry in self.evaluate.protocols
-        ]
-        return {"evaluate": evaluation}
+
+class ModelSpec(BaseModel):
+    """A model to audit: a spec's ``model`` section merged with one point of its grid.
+
+    Paths (a ``file.py`` factory, ``weights``, a ``.npz`` dataset) are relative to the spec
+    file. Any field may be a grid axis; an axis of ``mean``, ``std`` or ``args`` is a list of
+    lists or mappings.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    factory: StrictStr = Field(
+        description="package.module:callable or path/to/file.py:callable returning an nn.Module"
+    )
+    args: dict[StrictStr, Any] = Field(
+        default_factory=dict, description="keyword arguments of the factory"
+    )
+    weights: StrictStr | None = Field(
+        None, description=".safetensors, or a state dict saved with torch.save"
+    )
+    dataset: StrictStr = Field(description="a registered dataset or a .npz file of x and y")
+    split: StrictStr = "test"
+    mean: tuple[StrictFloat, ...] | None = Field(None, description="per-channel mean, with std")
+    std: tuple[StrictFloat, ...] | None = None
+    label: StrictStr | None = Field(
+        None, min_length=1, description="the run's name (default: the weights' file stem)"
+    )
+
+    @field_validator("args")
+    @classmethod
+    def _plain(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:  # the arguments are part of the run's key and of the stored config
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(
+                "arguments must be plain YAML values (numbers, strings, booleans, lists, "
+                f"mappings), got {value!r}"
+            ) from None
+        return value
+
+
+_MODEL_FIELDS = tuple(ModelSpec.model_fields)
+
+
+@dataclass(frozen=True)
+class AuditedModel:
+    """A :class:`ModelSpec` resolved: absolute paths, each file with its sha256.
+
+    This is what a run stores and a worker rebuilds (:meth:`from_dict`); :meth:`identity`
+    is what its key hashes, the files' contents and not where they lie.
+    """
+
+    factory: str
+    args: dict[str, Any]
+    weights: str | None
+    dataset: str
+    split: str
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    label: str | None
+    factory_sha256: str | None  # None for a module's factory, named by its import path
+    weights_sha256: str | None
+    dataset_sha256: str | None  # None for a registered dataset, checked by its registry
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> AuditedModel:
+        """The model as :meth:`as_dict` stored it."""
+        values = dict(payload)
+        for name in ("mean", "std"):
+            values[name] = None if values[name] is None else tuple(values[name])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: as stored with the run."""
+        values = dict(self.__dict__)
+        for name in ("mean", "std"):
+            values[name] = None if values[name] is None else list(values[name])
+        return values
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two audited models the same: the factory (a file by its bytes and the
+        callable's name), its arguments, the weights' bytes and the normalisation."""
+        factory = self.factory
+        if self.factory_sha256 is not None:
+            factory = ":" + factory.rpartition(":")[2]
+        return {
+            "factory": factory,
+            "factory_sha256": self.factory_sha256,
+            "args": self.args,
+            "weights_sha256": self.weights_sha256,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+        }
+
+    def data_identity(self) -> dict[str, Any]:
+        """The evaluated data: a registered name, or a file's bytes, and the split."""
+        dataset = None if self.dataset_sha256 is not None else self.dataset
+        return {"dataset": dataset, "dataset_sha256": self.dataset_sha256, "split": self.split}
+
+    def files(self) -> Iterator[tuple[str, str, str]]:
+        """``(what, path, sha256)`` of every file the key was computed from."""
+        location = self.factory.rpartition(":")[0]
+        for what, path, digest in (
+            ("model", location, self.factory_sha256),
+            ("weights", self.weights, self.weights_sha256),
+            ("dataset", self.dataset, self.dataset_sha256),
+        ):
+            if path is not None and digest is not None:
+                yield what, path, digest
+
+    def source(self) -> ModelSource:
+        """The model as :func:`advls.external.load_external_model` builds it."""
+        weights = None if self.weights is None else Path(self.weights)
+        return ModelSource(self.factory, self.args, weights, self.mean, self.std)
+
+    @property
+    def name(self) -> str:
+        """The label, else the weights' file stem, else the factory's callable."""
+        if self.label is not None:
+            return self.label
+        if self.weights is not None:
+            return Path(self.weights).stem
+        return self.factory.rpartition(":")[2]
+
+
+@dataclass(frozen=True)
+class AuditRunSpec:
+    """One audit: a model advls did not train, its evaluation, and the keys derived from them.
+
+    ``key`` identifies the audit (model, data and evaluation, files by their contents);
+    ``train_key`` the model alone (nothing is trained: it only groups the audits of one
+    model). ``classes`` and ``shape`` are what validation found, for checking the attacks.
+    """
+
+    model: AuditedModel
+    evaluate: EvaluateSpec
+    eps: tuple[float, ...]
+    key: str
+    train_key: str
+    classes: int = field(compare=False)
+    shape: tuple[int, ...] = field(compare=False)
+
+    @property
+    def name(self) -> str:
+        """The model's :attr:`AuditedModel.name`."""
+        return self.model.name
+
+    @property
+    def dataset(self) -> str:
+        """The dataset the model is evaluated on (a name, or a ``.npz``'s absolute path)."""
+        return self.model.dataset
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The one split it is evaluated on."""
+        return (self.model.split,)
+
+    @property
+    def smoothing(self) -> None:
+        """No training loss is known: the paper protocol's attacks ascend cross-entropy."""
+        return None
+
+    @property
+    def task(self) -> tuple[int, tuple[int, ...]]:
+        """The model's classes and one input's shape."""
+        return self.classes, self.shape
+
+    def resolved(self) -> dict[str, Any]:
+        """The resolved configuration, as stored (the key hashes :meth:`keyed`)."""
+        return {
+            "version": KEY_VERSION,
+            "kind": "audit",
+            "model": self.model.as_dict(),
+            **_resolved_evaluation(self.evaluate, self.eps),
+        }
+
+    def keyed(self) -> dict[str, Any]:
+        """What the key hashes: :meth:`resolved` with files by their contents, without paths
+        or the label (a file moved, or renamed in the spec, is the same audit)."""
+        return {
+            "version": KEY_VERSION,
+            "kind": "audit",
+            "model": self.model.identity(),
+            "data": self.model.data_identity(),
+            **_resolved_evaluation(self.evaluate, self.eps),
+        }
+
+
+#: A run of either kind: trained by advls, or an audit of a model from outside.
+AnyRunSpec = RunSpec | AuditRunSpec
 
 
 def _digest(payload: Mapping[str, Any]) -> str:
@@ -302,11 +550,18 @@ def _describe(error: ValidationError, where: str) -> str:
     return "; ".join(lines)
 
 
-def _check_axes(grid: Mapping[str, Any], where: str) -> dict[str, list[Any]]:
+def _fields(spec: SweepSpec) -> tuple[str, tuple[str, ...]]:
+    """The section that holds a spec's defaults, and the keys it and the grid may name."""
+    return ("model", _MODEL_FIELDS) if spec.model is not None else ("train", _TRAIN_FIELDS)
+
+
+def _check_axes(
+    grid: Mapping[str, Any], where: str, fields: tuple[str, ...] = _TRAIN_FIELDS
+) -> dict[str, list[Any]]:
     axes: dict[str, list[Any]] = {}
     for name, values in grid.items():
-        if name not in _TRAIN_FIELDS:
-            raise SpecError(f"{where}: unknown key {name!r}; allowed: {', '.join(_TRAIN_FIELDS)}")
+        if name not in fields:
+            raise SpecError(f"{where}: unknown key {name!r}; allowed: {', '.join(fields)}")
         listed = list(values) if isinstance(values, (list, tuple)) else [values]
         if not listed:
             raise SpecError(f"{where}.{name}: an axis needs at least one value")
@@ -321,53 +576,276 @@ def _channels(dataset: str) -> int | None:
 
 def count_runs(spec: SweepSpec, source: str = "<spec>") -> int:
     """How many runs the grids declare (before duplicates are merged), without making any."""
+    _, fields = _fields(spec)
     total = 0
     for index, grid in enumerate(spec.grid):
         where = f"{source}: grid[{index}]" if len(spec.grid) > 1 else f"{source}: grid"
-        total += math.prod(len(values) for values in _check_axes(grid, where).values())
+        total += math.prod(len(values) for values in _check_axes(grid, where, fields).values())
     return total
 
 
+#: Where a field of one run came from: its grid (``…: grid.alpha``) or the section's defaults.
+Origin = Callable[[str], str]
+
+
+def _first_field(error: ValidationError) -> str:
+    location = error.errors()[0]["loc"]
+    return str(location[0]) if location else ""
+
+
+def _trained_run(
+    values: Mapping[str, Any], origin: Origin, evaluation: EvaluateSpec, source: str
+) -> RunSpec:
+    try:
+        # Strict: a YAML true is no epoch count, 2.0 no batch size, "0.1" no alpha.
+        config = TrainConfig.model_validate(values, strict=True)
+        check_seed_usable(config.seed)
+    except ValidationError as error:
+        raise SpecError(_describe(error, origin(_first_field(error)))) from None
+    except ValueError as error:
+        raise SpecError(f"{origin('seed')}.seed: {error}") from None
+    return _make_run(config, evaluation, source)
+
+
+def _check_audit_evaluation(spec: SweepSpec, source: str) -> None:
+    """What an audit spec cannot ask for: a trained twin, or the paper's table indices."""
+    if "train" in spec.model_fields_set:
+        raise SpecError(
+            f"{source}: give train (runs advls trains) or model (models to audit), not both"
+        )
+    if spec.evaluate.surrogate != "none":
+        raise SpecError(
+            f"{source}: evaluate.surrogate: an audited model has no training to repeat, so no "
+            "twin is trained; use surrogate: none (the transfer attack is then skipped)"
+        )
+    if spec.paper:
+        raise SpecError(
+            f"{source}: paper: maps trained runs to the paper's tables; a model spec has none"
+        )
+
+
 def expand(
-    spec: SweepSpec, source: str = "<spec>", *, max_runs: int = DEFAULT_MAX_RUNS
-) -> list[RunSpec]:
+    spec: SweepSpec,
+    source: str = "<spec>",
+    *,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    base: str | os.PathLike[str] | None = None,
+) -> list[AnyRunSpec]:
     """Every run of ``spec``, in declaration order, without duplicates.
 
+    A ``model`` spec's paths are relative to ``base`` (the spec file's folder; default the
+    working directory), and each of its distinct models is built and checked
+    (:class:`_ModelChecks`).
+
     Raises:
-        SpecError: an unknown key, a bad value (named by grid and field), or more than
-            ``max_runs`` runs (counted before any is made).
+        SpecError: an unknown key, a bad value (named by grid and field), a model that cannot
+            be audited as declared, or more than ``max_runs`` runs (counted before any is
+            made).
     """
-    unknown = sorted(set(spec.train) - set(_TRAIN_FIELDS))
+    section, fields = _fields(spec)
+    defaults = spec.model if spec.model is not None else spec.train
+    unknown = sorted(set(defaults) - set(fields))
     if unknown:
         raise SpecError(
-            f"{source}: train: unknown key {unknown[0]!r}; allowed: {', '.join(_TRAIN_FIELDS)}"
+            f"{source}: {section}: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}"
         )
+    if spec.model is not None:
+        _check_audit_evaluation(spec, source)
     declared = count_runs(spec, source)
     if declared > max_runs:
         raise SpecError(
             f"{source}: the grid expands to {declared} runs, more than the {max_runs} allowed "
             f"without --max-runs; pass --max-runs {declared} if you mean to run them all"
         )
-    runs: dict[str, RunSpec] = {}
+    if spec.model is not None:
+        make: Callable[[dict[str, Any], Origin], AnyRunSpec] = _ModelChecks(
+            spec.evaluate, Path.cwd() if base is None else Path(base)
+        ).run
+    else:
+
+        def make(values: dict[str, Any], origin: Origin) -> AnyRunSpec:
+            return _trained_run(values, origin, spec.evaluate, source)
+
+    runs: dict[str, AnyRunSpec] = {}
     for index, grid in enumerate(spec.grid):
         where = f"{source}: grid[{index}]" if len(spec.grid) > 1 else f"{source}: grid"
-        axes = _check_axes(grid, where)
+        axes = _check_axes(grid, where, fields)
         for combo in itertools.product(*axes.values()):
             chosen = dict(zip(axes, combo, strict=True))
-            try:
-                # Strict: a YAML true is no epoch count, 2.0 no batch size, "0.1" no alpha.
-                config = TrainConfig.model_validate({**spec.train, **chosen}, strict=True)
-                check_seed_usable(config.seed)
-            except ValidationError as error:
-                field = error.errors()[0]["loc"][0] if error.errors()[0]["loc"] else ""
-                origin = where if field in chosen else f"{source}: train"
-                raise SpecError(_describe(error, origin)) from None
-            except ValueError as error:
-                origin = where if "seed" in chosen else f"{source}: train"
-                raise SpecError(f"{origin}.seed: {error}") from None
-            run = _make_run(config, spec.evaluate, source)
+
+            def origin(name: str, chosen: dict[str, Any] = chosen, where: str = where) -> str:
+                return where if name in chosen else f"{source}: {section}"
+
+            run = make({**defaults, **chosen}, origin)
             runs.setdefault(run.key, run)
     return list(runs.values())
+
+
+def _names_a_file(location: str) -> bool:
+    """Whether a factory's location is a file (as :func:`advls.external.import_factory`
+    reads it) rather than an importable module."""
+    return location.endswith(".py") or os.sep in location or "/" in location
+
+
+class _ModelChecks:
+    """Resolves and checks the models of a ``model`` spec, before anything runs.
+
+    Each distinct factory, arguments and weights is built once (on the CPU), its weights
+    fitted, and its output checked on each dataset it is audited on: finite ``(N, K)``
+    logits for the dataset's images, and ``K`` above every label. A registered dataset is
+    checked by its shape and classes (its files are read later, where the data directory is
+    known: :func:`check_data_available`); a ``.npz`` is read here. Files are hashed once.
+    """
+
+    def __init__(self, evaluation: EvaluateSpec, base: Path) -> None:
+        self.evaluation = evaluation
+        self.base = base
+        self._digests: dict[Path, str] = {}
+        self._data: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None, int]] = {}
+        self._classes: dict[str, int] = {}
+
+    def run(self, values: dict[str, Any], origin: Origin) -> AuditRunSpec:
+        """The audit of one point of the grid, resolved and checked."""
+        try:
+            config = ModelSpec.model_validate(values)
+        except ValidationError as error:
+            raise SpecError(_describe(error, origin(_first_field(error)))) from None
+
+        def at(name: str) -> str:
+            return f"{origin(name)}.{name}"
+
+        model = self._resolve(config, at)
+        classes, shape = self._check(model, at)
+        eps = tuple(self.evaluation.eps or default_eps((shape[0],)))
+        model_key = {"version": KEY_VERSION, "kind": "audit", "model": model.identity()}
+        run = AuditRunSpec(
+            model, self.evaluation, eps, "", "model-" + _digest(model_key), classes, shape
+        )
+        return dataclasses.replace(run, key=_digest(run.keyed()))
+
+    def _path(self, text: str) -> Path:
+        path = Path(text).expanduser()
+        return (path if path.is_absolute() else self.base / path).resolve()
+
+    def _file(self, text: str, what: str, at: str) -> tuple[str, str]:
+        """An existing file's absolute path and sha256."""
+        path = self._path(text)
+        if not path.is_file():
+            raise SpecError(f"{at}: the {what} {path} does not exist")
+        if path not in self._digests:
+            self._digests[path] = datasets.file_digest(path)
+        return str(path), self._digests[path]
+
+    def _resolve(self, config: ModelSpec, at: Origin) -> AuditedModel:
+        location, colon, callable_name = config.factory.rpartition(":")
+        if not colon or not location or not callable_name:
+            raise SpecError(
+                f"{at('factory')}: give package.module:callable or path/to/file.py:callable, "
+                f"got {config.factory!r}"
+            )
+        factory, factory_sha = config.factory, None
+        if _names_a_file(location):
+            path, factory_sha = self._file(location, "model file", at("factory"))
+            factory = f"{path}:{callable_name}"
+        weights = weights_sha = None
+        if config.weights is not None:
+            weights, weights_sha = self._file(config.weights, "weights file", at("weights"))
+        dataset, dataset_sha = config.dataset, None
+        registered = datasets.REGISTRY.get(config.dataset)
+        if registered is not None:
+            splits = tuple(registered.splits)
+        elif config.dataset.lower().endswith(".npz"):
+            dataset, dataset_sha = self._file(config.dataset, "dataset", at("dataset"))
+            splits = ("train", "test")
+        else:
+            raise SpecError(
+                f"{at('dataset')}: {config.dataset!r} is neither a registered dataset "
+                f"({', '.join(datasets.REGISTRY)}) nor a .npz file"
+            )
+        if config.split not in splits:
+            raise SpecError(
+                f"{at('split')}: {config.dataset} has the splits {', '.join(splits)}, got "
+                f"{config.split!r}"
+            )
+        model = AuditedModel(
+            factory, dict(config.args), weights, dataset, config.split, config.mean, config.std,
+            config.label, factory_sha, weights_sha, dataset_sha,
+        )  # fmt: skip
+        try:
+            model.source()  # the normalisation's own rule: both or neither, one per channel
+        except ExternalModelError as error:
+            raise SpecError(f"{at('mean')}: {error}") from None
+        return model
+
+    def _images(
+        self, model: AuditedModel, at: Origin
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Two images to try the model on, the labels to check it against (None: a
+        registered dataset, whose labels are its classes) and the number of classes."""
+        key = (model.dataset, model.split)
+        if key not in self._data:
+            registered = datasets.REGISTRY.get(model.dataset)
+            if registered is not None:
+                classes, shape = _task(model.dataset)
+                self._data[key] = (torch.full((2, *shape), 0.5), None, classes)
+            else:
+                try:
+                    loaded = datasets.load(model.dataset, model.split, progress=False)
+                except datasets.DataError as error:
+                    raise SpecError(f"{at('dataset')}: {error}") from None
+                self._data[key] = (loaded.images[:2], loaded.labels, loaded.num_classes)
+        return self._data[key]
+
+    def _check(self, model: AuditedModel, at: Origin) -> tuple[int, tuple[int, ...]]:
+        """The model's number of classes and one input's shape, after checking it."""
+        images, labels, dataset_classes = self._images(model, at)
+        shape = tuple(images.shape[1:])
+        if model.mean is not None and len(model.mean) != shape[0]:
+            raise SpecError(
+                f"{at('mean')}: {len(model.mean)} value(s) for images of {shape[0]} channel(s)"
+            )
+        built = json.dumps([model.identity(), model.data_identity()], sort_keys=True)
+        if built not in self._classes:
+            self._classes[built] = self._classes_of(model, images, labels, dataset_classes, at)
+        return self._classes[built], shape
+
+    def _classes_of(
+        self,
+        model: AuditedModel,
+        images: torch.Tensor,
+        labels: torch.Tensor | None,
+        dataset_classes: int,
+        at: Origin,
+    ) -> int:
+        try:
+            import_factory(model.factory)
+        except ExternalModelError as error:
+            raise SpecError(f"{at('factory')}: {error}") from None
+        try:
+            module = build_model(model.factory, model.args)
+        except ExternalModelError as error:
+            raise SpecError(f"{at('args' if model.args else 'factory')}: {error}") from None
+        if model.weights is not None:
+            try:
+                fit_weights(module, read_state_dict(Path(model.weights)), model.weights)
+            except ExternalModelError as error:
+                raise SpecError(f"{at('weights')}: {error}") from None
+        # Normalisation is elementwise: the output's shape does not depend on it.
+        try:
+            classes = check_model_io(module, images)
+        except ExternalModelError as error:
+            raise SpecError(f"{at('dataset')}: {model.dataset} ({model.split}): {error}") from None
+        if labels is not None:
+            try:
+                check_labels(labels, classes, f"{model.dataset} ({model.split})")
+            except ValueError as error:
+                raise SpecError(f"{at('dataset')}: {error}") from None
+        elif classes < dataset_classes:
+            raise SpecError(
+                f"{at('dataset')}: the model returns {classes} logits per image, but "
+                f"{model.dataset} has {dataset_classes} classes"
+            )
+        return classes
 
 
 class _Reached(Exception):
@@ -396,7 +874,7 @@ def _task(dataset: str) -> tuple[int, tuple[int, ...]]:
     return len(spec.classes), (channels, 28, 28) if channels == 1 else (channels, 32, 32)
 
 
-def check_attacks(runs: Sequence[RunSpec], source: str = "<spec>") -> None:
+def check_attacks(runs: Sequence[AnyRunSpec], source: str = "<spec>") -> None:
     """Build every attack configuration of every run's protocols and check it, before any
     training: names, parameters, ranges and seeds, by the attacks' own validation.
 
@@ -412,8 +890,8 @@ def check_attacks(runs: Sequence[RunSpec], source: str = "<spec>") -> None:
     probe = _Probe()
     checked: set[str] = set()
     for run in runs:
-        smoothing = training_smoothing(run.train.model_dump())
-        classes, shape = _task(run.train.dataset)
+        smoothing = run.smoothing
+        classes, shape = run.task
         evaluation = run.evaluate
         signature = json.dumps(
             [evaluation.model_dump(mode="json"), run.eps, smoothing, classes, shape],
@@ -476,17 +954,24 @@ def train_key(config: TrainConfig) -> str:
 
 
 def parse_spec(
-    payload: Any, source: str = "<spec>", *, max_runs: int = DEFAULT_MAX_RUNS
-) -> tuple[SweepSpec, list[RunSpec]]:
+    payload: Any,
+    source: str = "<spec>",
+    *,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    base: str | os.PathLike[str] | None = None,
+) -> tuple[SweepSpec, list[AnyRunSpec]]:
     """Validate a spec's mapping, expand it and check its attacks; :class:`SpecError` names
-    what is wrong. More than ``max_runs`` runs is an error, found before any run is made."""
+    what is wrong. More than ``max_runs`` runs is an error, found before any run is made.
+    A ``model`` spec's paths are relative to ``base`` (default: the working directory)."""
     if not isinstance(payload, Mapping):
-        raise SpecError(f"{source}: a spec is a mapping with name, train, grid and evaluate")
+        raise SpecError(
+            f"{source}: a spec is a mapping with name, train (or model), grid and evaluate"
+        )
     try:
         spec = SweepSpec.model_validate(payload)
     except ValidationError as error:
         raise SpecError(_describe(error, f"{source}: ")) from None
-    runs = expand(spec, source, max_runs=max_runs)
+    runs = expand(spec, source, max_runs=max_runs, base=base)
     if not runs:
         raise SpecError(f"{source}: the grid expands to no runs")
     check_attacks(runs, source)
@@ -578,37 +1063,44 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 def load_spec(
     path: str | os.PathLike[str], *, max_runs: int = DEFAULT_MAX_RUNS
-) -> tuple[SweepSpec, list[RunSpec]]:
-    """Read, validate and expand a YAML spec file, within the limits of :data:`LIMITS`."""
+) -> tuple[SweepSpec, list[AnyRunSpec]]:
+    """Read, validate and expand a YAML spec file, within the limits of :data:`LIMITS`; a
+    ``model`` spec's paths are relative to the file's folder."""
     path = Path(path)
     payload = _parse_yaml(_read_bounded(path), str(path))
-    return parse_spec(payload, str(path), max_runs=max_runs)
+    return parse_spec(payload, str(path), max_runs=max_runs, base=path.resolve().parent)
 
 
 def check_data_available(
-    runs: Sequence[RunSpec], data_dir: str | os.PathLike[str] | None = None
+    runs: Sequence[AnyRunSpec], data_dir: str | os.PathLike[str] | None = None
 ) -> None:
-    """Load every dataset the runs need, without downloading, so a missing or corrupt file
-    fails before any training starts (the error names the file and where it was looked for).
+    """Load every dataset split the runs need, without downloading, so a missing or corrupt
+    file fails before any training starts (the error names the file and where it was looked
+    for); each run's ``n`` must fit its evaluated split, and ``train_subset`` the training set.
     """
-    needed = sorted({run.train.dataset for run in runs})
-    for name in needed:
-        sizes = {}
-        for split in ("train", "test"):
-            try:
-                loaded = datasets.load(name, split, data_dir, download=False, progress=False)
-            except datasets.DataError as error:
-                raise SpecError(f"dataset {name!r} ({split}) is not usable: {error}") from None
-            sizes[split] = len(loaded)
-        for run in runs:
-            if run.train.dataset != name:
-                continue
-            try:
-                check_points(run.evaluate.n, sizes["test"], dataset=repr(name), split="test")
-            except ValueError as error:
-                raise SpecError(f"evaluate.{error}") from None
-            if run.train.train_subset is not None and run.train.train_subset > sizes["train"]:
-                raise SpecError(
-                    f"train_subset is {run.train.train_subset} but {name!r} has "
-                    f"{sizes['train']} training images"
-                )
+    order = {"train": 0, "test": 1}
+    needed = sorted(
+        {(run.dataset, split) for run in runs for split in run.splits},
+        key=lambda pair: (pair[0], order.get(pair[1], len(order)), pair[1]),
+    )
+    sizes: dict[tuple[str, str], int] = {}
+    for name, split in needed:
+        try:
+            loaded = datasets.load(name, split, data_dir, download=False, progress=False)
+        except datasets.DataError as error:
+            raise SpecError(f"dataset {name!r} ({split}) is not usable: {error}") from None
+        sizes[(name, split)] = len(loaded)
+    for run in runs:
+        name, evaluated = run.dataset, run.splits[-1]
+        try:
+            check_points(
+                run.evaluate.n, sizes[(name, evaluated)], dataset=repr(name), split=evaluated
+            )
+        except ValueError as error:
+            raise SpecError(f"evaluate.{error}") from None
+        subset = run.train.train_subset if isinstance(run, RunSpec) else None
+        if subset is not None and subset > sizes[(name, "train")]:
+            raise SpecError(
+                f"train_subset is {subset} but {name!r} has {sizes[(name, 'train')]} training "
+                "images"
+            )
