@@ -20,7 +20,7 @@ def real_data_dir() -> Path | None:
     """Where the real MNIST/CIFAR-10 copies are: $ADVLS_DATA, else ../shared/data."""
     for candidate in (os.environ.get("ADVLS_DATA"), REPO.parent / "shared" / "data"):
         if candidate and (Path(candidate) / "mnist").is_dir():
-            return Path(candidate)
+            return Path(candidate).resolve()  # absolute: subprocesses run in other folders
     return None
 
 

@@ -63,8 +63,12 @@ def help_text(doc: str) -> str:
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` and end the command with exit code ``code``."""
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    """Print ``error: message`` and end the command with exit code ``code``.
+
+    The message is one line, never folded at the terminal's width: paths and commands in it
+    stay whole, to be copied (the terminal still wraps it for the eye).
+    """
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code=code)
 
 
