@@ -156,7 +156,8 @@ def test_a_cifar_model_is_audited_with_its_normalisation(real_data: Path, tmp_pa
     assert done.returncode == 0, done.stderr
     evaluation = _check_page(tmp_path / "audit", tmp_path / "browser")
     assert evaluation["clean_accuracy"] == expected
-    assert expected > 0.2  # it learned something: chance is 0.1
+    # It learned something: chance is 8 of 80 (sd about 2.7); 16 is three sd above it.
+    assert expected >= 0.2
     assert evaluation["eps"] == pytest.approx([2 / 255, 8 / 255])
     card = json.loads((tmp_path / "audit" / "model_card.json").read_text())
     assert card["dataset"] == "cifar10" and card["eps"] == "8/255"

@@ -11,10 +11,8 @@ that reproduces it. The page and the model card take their headline from one rul
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ from advls.evaluate import Evaluation
 from advls.report.audit_figures import (
     plot_accuracy_against_eps,
     plot_broken_points,
-    save_atomically,
 )
 from advls.report.audit_numbers import eps_text, flag_verdict, headline, percent, threat_model
 from advls.report.audit_subject import AuditSubject
@@ -36,7 +33,9 @@ from advls.report.audit_tables import (
     subject_table,
 )
 from advls.report.audit_verdict import audit_verdict
+from advls.report.figures import save_figure
 from advls.report.page import (
+    CodeBlock,
     Document,
     FigureBlock,
     Section,
@@ -51,55 +50,11 @@ __all__ = [
     "audit_document",
     "audit_verdict",
     "model_card",
-    "render_audit_html",
     "write_audit",
 ]
 
 
 # --------------------------------------------------------------------------- the page
-def _code_block(text: str) -> str:
-    """``text`` as a fenced Markdown code block, its fence longer than any backtick run."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}sh\n{text}\n{fence}"
-
-
-_FENCED = re.compile(r"\A(`{3,})[^\n`]*\n(.*)\n\1\Z", re.S)
-
-
-def render_audit_html(document: Document, root: str | os.PathLike[str]) -> str:
-    """:func:`~advls.report.page.render_html`, with fenced code paragraphs as ``<pre>``.
-
-    The page module knows no code blocks (its paragraphs are inline text); each fenced
-    paragraph stands in as a placeholder while the page renders and comes back preformatted.
-    """
-    codes: dict[str, str] = {}
-
-    def unfenced(block: Any) -> Any:
-        if not isinstance(block, TextBlock):
-            return block
-        paragraphs = []
-        for paragraph in block.paragraphs:
-            match = _FENCED.match(paragraph)
-            if match:
-                key = f"advlscodeblock{len(codes)}"
-                codes[key] = match.group(2)
-                paragraph = key
-            paragraphs.append(paragraph)
-        return dataclasses.replace(block, paragraphs=paragraphs)
-
-    sections = [
-        dataclasses.replace(section, blocks=[unfenced(b) for b in section.blocks])
-        for section in document.sections
-    ]
-    page = render_html(dataclasses.replace(document, sections=sections), root)
-    style = "background:#f3f4f6;padding:.6rem .8rem;overflow-x:auto;border-radius:4px"
-    for key, code in codes.items():
-        block = f'<pre style="{style}"><code>{html.escape(code)}</code></pre>'
-        page = page.replace(f"<p>{key}</p>", block)
-    return page
-
-
 def _table_blocks(tables: dict[str, Any], **options: Any) -> list[TableBlock]:
     return [TableBlock(name, frame, **options) for name, frame in tables.items()]
 
@@ -208,7 +163,7 @@ def audit_document(
             "Reproduce",
             [
                 TextBlock(["This command reproduces the audit:"]),
-                TextBlock([_code_block(subject.command)]),
+                CodeBlock(subject.command),
             ],
         ),
     ]
@@ -374,7 +329,7 @@ def write_audit(
             for stale in (directory / "figures").glob(f"{stem}.*"):
                 stale.unlink()
             return None
-        paths = save_atomically(drawn, directory / "figures", stem)
+        paths = save_figure(drawn, directory / "figures" / stem)
         written.extend(paths)
         relative = [str(path.relative_to(directory)) for path in paths]
         return FigureBlock(title=title, png=relative[0], caption=caption, files=relative[1:])
@@ -401,7 +356,7 @@ def write_audit(
         "evaluation.json": evaluation.to_json(subject=dataclasses.asdict(subject)) + "\n",
         "model_card.json": _json(model_card(evaluation, subject)),
         "audit.md": render_markdown(document),
-        "audit.html": render_audit_html(document, directory),
+        "audit.html": render_html(document, directory),
     }
     for name, text in files.items():
         write_text_atomically(directory / name, text)

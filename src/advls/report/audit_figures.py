@@ -9,9 +9,6 @@ colour in every panel and both figures.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -19,9 +16,8 @@ from matplotlib.figure import Figure
 
 from advls.evaluate import Evaluation
 from advls.report.audit_numbers import broken_points, eps_text
-from advls.report.figures import save_figure
 
-__all__ = ["plot_accuracy_against_eps", "plot_broken_points", "save_atomically"]
+__all__ = ["plot_accuracy_against_eps", "plot_broken_points"]
 
 #: Panels per row before a figure wraps to the next.
 _COLUMNS = 3
@@ -159,17 +155,3 @@ def plot_broken_points(evaluation: Evaluation) -> Figure | None:
         ax.set_title(name, fontsize="medium")
         ax.legend(**_LEGEND)
     return figure
-
-
-def save_atomically(figure: Figure, directory: str | os.PathLike[str], stem: str) -> list[Path]:
-    """:func:`~advls.report.figures.save_figure` into ``directory``, each file renamed
-    into place whole: a reader sees the old figure or the new one, never half of either."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".staging-") as staging:
-        written = []
-        for path in save_figure(figure, Path(staging) / stem):
-            target = directory / path.name
-            os.replace(path, target)
-            written.append(target)
-    return written

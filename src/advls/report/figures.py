@@ -20,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
+from advls.atomic import atomic_target
 from advls.report.cells import BOUNDED_ATTACKS, PAPER_ATTACKS, labelled_results
 from advls.report.mapping import SMOOTHING_METHODS, PaperMapping, setup_sort_key
 
@@ -327,11 +328,14 @@ def plot_audit(audit: pd.DataFrame, *, reference: str = "paper", audited: str = 
 def save_figure(figure: Figure, path_stem: str | os.PathLike[str]) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.pdf``; returns their paths.
 
-    The PDF carries no creation date, so the same results give the same file.
+    Each file is written whole or not at all (a reader sees the old figure or the new one),
+    and the PDF carries no creation date, so the same results give the same file.
     """
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, pdf = Path(f"{stem}.png"), Path(f"{stem}.pdf")
-    figure.savefig(png, dpi=150)
-    figure.savefig(pdf, metadata={"CreationDate": None})
+    with atomic_target(png) as staged:
+        figure.savefig(staged, dpi=150, format="png")
+    with atomic_target(pdf) as staged:
+        figure.savefig(staged, metadata={"CreationDate": None}, format="pdf")
     return [png, pdf]

@@ -22,6 +22,7 @@ import pandas as pd
 from advls.report.tables import table_markdown
 
 __all__ = [
+    "CodeBlock",
     "Document",
     "FigureBlock",
     "Section",
@@ -67,7 +68,15 @@ class FigureBlock:
     files: Sequence[str] = ()
 
 
-Block = TextBlock | TableBlock | FigureBlock
+@dataclass(frozen=True)
+class CodeBlock:
+    """Preformatted text, e.g. a command to copy: shown verbatim, never reflowed."""
+
+    text: str
+    language: str = "sh"
+
+
+Block = TextBlock | TableBlock | FigureBlock | CodeBlock
 
 
 @dataclass
@@ -103,6 +112,11 @@ def _links(files: Sequence[str]) -> str:
 def _markdown_block(block: Block) -> str:
     if isinstance(block, TextBlock):
         return _markdown_text(block)
+    if isinstance(block, CodeBlock):
+        # The fence is longer than any run of backticks in the text, so none can close it.
+        longest = max((len(run) for run in re.findall(r"`+", block.text)), default=0)
+        fence = "`" * max(3, longest + 1)
+        return f"{fence}{block.language}\n{block.text}\n{fence}"
     if isinstance(block, FigureBlock):
         text = f"**{block.title}.** {block.caption}".strip()
         link = f" ({_links(block.files)})" if block.files else ""
@@ -134,6 +148,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 
 h1 { font-size: 1.7rem; margin-bottom: .3rem; } h2 { margin-top: 2.4rem;
      border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; }
 nav ul { columns: 2; } code { background: #f3f4f6; padding: 0 .25rem; border-radius: 3px; }
+pre { background: #f3f4f6; padding: .6rem .8rem; overflow-x: auto; border-radius: 4px; }
+pre code { padding: 0; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto;
          border: 1px solid #e5e7eb; } figcaption { font-size: .92rem; color: #444; }
 .table-wrap { overflow-x: auto; margin: .6rem 0 1.6rem; }
@@ -256,6 +272,8 @@ def _file_links(files: Sequence[str]) -> str:
 def _html_block(block: Block, root: Path) -> str:
     if isinstance(block, TextBlock):
         return _html_text(block)
+    if isinstance(block, CodeBlock):
+        return f"<pre><code>{html.escape(block.text)}</code></pre>"
     if isinstance(block, FigureBlock):
         data = base64.b64encode((root / block.png).read_bytes()).decode("ascii")
         caption = f"<strong>{html.escape(block.title)}.</strong> {_inline(block.caption)}"
