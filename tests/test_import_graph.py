@@ -35,6 +35,8 @@ LAYERS: tuple[frozenset[str], ...] = (
             "locks",
             "outputs",
             "external",
+            "workers",
+            "sharding",
         }
     ),
     frozenset({"train", "defences", "attacks", "certify"}),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from advls.external import (
     check_model_io,
     load_external_model,
 )
+from advls.sharding import Sharding
 
 __all__ = ["AuditData", "audit", "audit_data"]
 
@@ -77,6 +78,8 @@ def audit(
     name: str | None = None,
     command: Sequence[str] | None = None,
     weights: str | os.PathLike[str] | None = None,
+    sharding: Sharding | Mapping[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> Evaluation:
     """Evaluate ``model`` on ``data`` under ``protocols`` and, given ``report``, write the audit.
@@ -91,6 +94,12 @@ def audit(
         command: the command line that reproduces the audit, shown on the page.
         weights: the file ``model``'s weights came from, named with its sha256 on the page
             (a :class:`ModelSource` names its own).
+        sharding: spread the evaluation over workers (:class:`advls.sharding.Sharding` or
+            its fields as a mapping): :func:`advls.evaluate.evaluate_sharded` runs it, each
+            worker building the model from ``model`` (a module is pickled to it; a
+            :class:`ModelSource` is rebuilt there).
+        out: with ``sharding``, the folder that keeps finished shards, so that an audit run
+            again after a kill evaluates only the shards that had not finished.
 
         options: :func:`advls.evaluate.evaluate`'s keyword arguments (``protocols``,
             ``eps``, ``l2_budgets``, ``smoothing``, ``surrogate``, ``batch_size``, ``seed``,
@@ -112,7 +121,18 @@ def audit(
     images, labels, data_name = audit_data(data, split=split, n=n, data_dir=data_dir)
     classes = check_model_io(module, images, device)
     check_labels(labels, classes, f"{data_name} ({split}), for a model of {classes} classes")
-    evaluation = evaluate(module, images, labels, device=device, **options)
+    if sharding is not None:
+        from advls.evaluate import evaluate_sharded
+
+        spread = sharding if isinstance(sharding, Sharding) else Sharding(**sharding)
+        recipe = source if source is not None else module
+        evaluation = evaluate_sharded(
+            recipe, images, labels, device=device, out=out, **spread.options(), **options
+        )
+    elif out is not None:
+        raise ValueError("out keeps the shards of a sharded audit: give sharding too")
+    else:
+        evaluation = evaluate(module, images, labels, device=device, **options)
     if report_dir is not None:
         from advls.report.audit import AuditSubject, write_audit
 

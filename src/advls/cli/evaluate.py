@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from advls.cli.console import console, reported_errors
+from advls.cli.fields import describe_invalid, field_options, with_options
 from advls.cli.options import (
     POINTS_HELP,
     BatchSizeOption,
@@ -17,8 +19,12 @@ from advls.cli.options import (
     DeviceOption,
     check_points,
 )
+from advls.sharding import Sharding
 
 __all__ = ["evaluate"]
+
+#: The options that spread one evaluation over workers (:class:`advls.sharding.Sharding`).
+_SHARDING_OPTIONS = field_options(Sharding)
 
 
 def _parse_numbers(values: list[str], option: str) -> list[float]:
@@ -47,6 +53,7 @@ def _numbers_tuple(value: str | None, option: str) -> tuple[float, ...] | None:
     return tuple(_parse_numbers([value], option)) if value is not None else None
 
 
+@with_options(_SHARDING_OPTIONS, after="data_dir")
 def evaluate(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Run directory of a model trained by advls train.")
@@ -128,9 +135,14 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the randomised attacks.")] = 0,
     device: DeviceOption = "auto",
     data_dir: DataDirOption = None,
+    *,
     out: Annotated[
         Path | None,
-        typer.Option(help="Write evaluation.json and evaluation.md into this directory."),
+        typer.Option(
+            help="Write evaluation.json and evaluation.md into this directory; a sharded "
+            "evaluation also keeps each finished shard there, so the same command, run "
+            "again after a kill, attacks only the shards that had not finished."
+        ),
     ] = None,
     report: Annotated[
         Path | None,
@@ -145,7 +157,10 @@ def evaluate(
     show_protocols: Annotated[
         bool, typer.Option("--show-protocols", help="Print the protocols' attacks and exit.")
     ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar per attack.")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="Show a progress bar per attack (per shard when sharded).")
+    ] = True,
+    **sharding: Any,
 ) -> None:
     """Evaluate a checkpoint, or any PyTorch model, under the paper, standard, strong and
     AutoAttack protocols, with the gradient-masking audit.
@@ -156,6 +171,11 @@ def evaluate(
     reads. Exits 0 whatever the flags say; 2 for any input it cannot use, before any work
     and with nothing written.
 
+    --jobs, --shard-size, --shards or --executor ray spread the evaluation over workers:
+    the points are cut into shards, each evaluated in its own process or Ray task and
+    seeded from --seed and its index, and the per-example results merged, so 1, 2 or 40
+    workers give the same numbers (the cut, not the workers, fixes them).
+
     Examples:
 
         advls evaluate --checkpoint runs/als --protocol paper --protocol strong --surrogate runs/ce
@@ -165,6 +185,10 @@ def evaluate(
         advls evaluate --model nets:wrn --model-arg depth=28 --dataset cifar10 --protocol autoattack
 
         advls evaluate --checkpoint runs/als --eps 0.1,0.3 --n 500 --out results/als
+
+        advls evaluate --checkpoint runs/als --protocol autoattack --jobs 2 --out results/als
+
+        advls evaluate --model nets:wrn --dataset cifar10 --executor ray --gpus-per-shard 1
     """
     from rich.progress import Progress
 
@@ -179,6 +203,7 @@ def evaluate(
         training_smoothing,
     )
     from advls.evaluate.inputs import check_l2_budgets
+    from advls.evaluate.sharded import check_gpus_per_shard
     from advls.external import ModelSource, parse_model_args
     from advls.outputs import check_output_dir
     from advls.train import resolve_device
@@ -198,10 +223,24 @@ def evaluate(
         budgets = check_eps_list(_parse_numbers(eps, "--eps")) if eps else None
         l2 = check_l2_budgets(_parse_numbers(l2_budget, "--l2-budget")) if l2_budget else None
         check_points(points)
+        try:
+            spread = Sharding(**sharding)
+        except ValidationError as invalid:
+            raise ValueError(describe_invalid(invalid)) from None
+        sharded = spread.executor == "ray" or any(
+            value is not None for value in (spread.jobs, spread.shard_size, spread.shards)
+        )
+        if sharded and spread.shard_size is None and spread.shards is None:
+            spread = spread.model_copy(update={"shard_size": batch_size})  # stated, not implied
+        if sharded and spread.gpus_per_shard:
+            if device == "cpu":
+                raise ValueError("--gpus-per-shard runs shards on CUDA; drop --device cpu")
+            check_gpus_per_shard(spread.gpus_per_shard, spread.executor, spread.address)
         for folder, option in ((out, "--out"), (report, "--report")):
             if folder is not None:
                 check_output_dir(folder, option=option)
-        target = resolve_device(device)
+        # Shards on GPUs pick their device where they run; the driver stays on the CPU.
+        target = resolve_device("cpu" if sharded and spread.gpus_per_shard else device)
         smoothing = None
         if checkpoint is not None:
             subject, meta = load_model(checkpoint, target)
@@ -219,14 +258,16 @@ def evaluate(
             data, name, source_words = dataset, model, subject.command_args()
         twin = load_model(surrogate, target)[0] if surrogate is not None else None
         command = _reproducing_command(
-            source_words, data, split, points, chosen, budgets, l2, surrogate, seed, report
-        )
+            source_words, data, split, points, chosen, budgets, l2, surrogate, seed, report,
+            spread if sharded else None,
+        )  # fmt: skip
         with Progress(transient=True, disable=not progress, console=console) as bar:
             result = audit(
                 subject, data, split=split, n=points, data_dir=data_dir, protocols=chosen,
                 eps=budgets, l2_budgets=l2, smoothing=smoothing, surrogate=twin,
                 batch_size=batch_size, device=target, seed=seed, report=report, name=name,
                 command=command, progress=_progress_factory(bar),
+                sharding=spread if sharded else None, out=out if sharded else None,
             )  # fmt: skip
         payload = result.to_json(
             checkpoint=str(checkpoint) if checkpoint else None,
@@ -259,6 +300,7 @@ def _reproducing_command(
     surrogate: Path | None,
     seed: int,
     report: Path | None,
+    sharding: Any = None,
 ) -> list[str]:
     """The ``advls evaluate`` command line that repeats this evaluation, every choice explicit
     but the defaults it took (so it reads as the user would type it)."""
@@ -274,6 +316,11 @@ def _reproducing_command(
     if surrogate is not None:
         words += ["--surrogate", str(surrogate)]
     words += ["--seed", str(seed)]
+    if sharding is not None:  # the cut fixes the results; where the shards ran does not
+        if sharding.shards is not None:
+            words += ["--shards", str(sharding.shards)]
+        else:
+            words += ["--shard-size", str(sharding.shard_size)]
     if report is not None:
         words += ["--report", str(report)]
     return words

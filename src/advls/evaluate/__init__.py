@@ -7,7 +7,9 @@
 :mod:`~advls.evaluate.protocols` defines the suites, :mod:`~advls.evaluate.runner` runs
 their attacks once each, :mod:`~advls.evaluate.masking` holds the checks (what each measures
 and how it judges), :mod:`~advls.evaluate.results` the types an evaluation returns,
-:mod:`~advls.evaluate.run` puts them together and :mod:`~advls.evaluate.render` prints them.
+:mod:`~advls.evaluate.run` puts them together and :mod:`~advls.evaluate.render` prints them;
+:mod:`~advls.evaluate.sharded` cuts one evaluation into shards that run in parallel
+(:mod:`~advls.evaluate.shards`: the plan, the seeds, the merge, the files kept).
 """
 
 from advls.evaluate.masking import CHECKS, Thresholds, audit_records
@@ -26,6 +28,7 @@ from advls.evaluate.render import format_markdown
 from advls.evaluate.results import AttackOutcome, Evaluation, Flag, SanityChecks
 from advls.evaluate.run import check_eps_list, evaluate
 from advls.evaluate.runner import AttackSummary, attack_dataset
+from advls.evaluate.sharded import FromCheckpoint, evaluate_sharded
 
 __all__ = [
     "CHECKS",
@@ -36,6 +39,7 @@ __all__ = [
     "AttackSummary",
     "Evaluation",
     "Flag",
+    "FromCheckpoint",
     "Protocol",
     "SanityChecks",
     "Thresholds",
@@ -45,6 +49,7 @@ __all__ = [
     "default_eps",
     "default_l2_budgets",
     "evaluate",
+    "evaluate_sharded",
     "format_markdown",
     "get_protocol",
     "paper_eps_to_pixels",

@@ -38,9 +38,11 @@ __all__ = [
     "Check",
     "EvidenceCheck",
     "NotChecked",
+    "ShardMeasurement",
     "Thresholds",
     "audit_records",
     "measure_checks",
+    "merge_checks",
     "raise_flags",
     "zero_gradient_count",
     "zero_gradient_fraction",
@@ -91,6 +93,37 @@ class NotChecked(Exception):
     """Raised by a judge that lacks what it needs; the message says what was missing."""
 
 
+class ShardMeasurement(NamedTuple):
+    """What one shard of a sharded evaluation measured, and over how many points."""
+
+    checks: SanityChecks
+    correct: int  # its correctly classified points (the attacked ones)
+    points: int
+
+
+def _nan_extreme(values: Iterable[Any], pick: Any) -> float:
+    """``pick`` (min or max) of measured numbers, NaN when any is NaN or missing (as a
+    measurement over all the points at once would be, whatever the shards' order)."""
+    numbers = [_number(value) for value in values]
+    if not numbers or any(math.isnan(number) for number in numbers):
+        return math.nan
+    return pick(numbers)
+
+
+def _pooled_share(parts: Sequence[ShardMeasurement], key: str, weight: str) -> float:
+    """A share measured per shard over its ``weight`` ("correct" or "points") points, as one
+    share over all of them: counts are recovered from each shard's share and added."""
+    total = sum(getattr(part, weight) for part in parts)
+    if not total:
+        return math.nan
+    counted = sum(
+        round(_number(part.checks[key]) * getattr(part, weight))
+        for part in parts
+        if getattr(part, weight)
+    )
+    return counted / total
+
+
 class Check:
     """One gradient-masking check: the flag it raises, how it judges, what it measures.
 
@@ -111,6 +144,16 @@ class Check:
     def records(self, measured: SanityChecks) -> list[AuditRecord]:
         """This check's measurements in ``measured`` as store rows."""
         return []
+
+    def merge(self, parts: Sequence[ShardMeasurement], *, seed: int) -> dict[str, Any]:
+        """One measurement over all points from the shards' (a measuring check writes it):
+        counts add, extremes take the extreme, shares are pooled over their points.
+
+        ``seed`` is the whole evaluation's, for configurations that record one.
+        """
+        if self.measures is None:
+            return {}
+        raise NotImplementedError(f"{type(self).__name__} does not say how shards merge")
 
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         """The flag, raised or not, with a sentence saying why and the numbers behind it."""
@@ -380,6 +423,19 @@ class ProbabilityOutputs(Check):
             ),
         ]  # fmt: skip
 
+    def merge(self, parts: Sequence[ShardMeasurement], *, seed: int) -> dict[str, Any]:
+        """Rows add up; the smallest entry and the largest row-sum error over all rows."""
+        measured = [part.checks for part in parts if part.checks.get("probability_rows")]
+        if not measured:
+            return {"probability_rows": 0}
+        return {
+            "probability_rows": sum(int(checks["probability_rows"]) for checks in measured),
+            "output_min": _nan_extreme((c.get("output_min") for c in measured), min),
+            "output_row_sum_error": _nan_extreme(
+                (c.get("output_row_sum_error") for c in measured), max
+            ),
+        }
+
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         rows = _measured(evaluation, "probability_rows", "the clean outputs were not measured")
         if not rows:
@@ -449,6 +505,27 @@ class Randomized(Check):
             ),
             AuditRecord("randomized", None, "changed_predictions", changed),
         ]
+
+    def merge(self, parts: Sequence[ShardMeasurement], *, seed: int) -> dict[str, Any]:
+        """Each shard forwarded its own first points: points and changed predictions add,
+        the largest change is the largest of any shard, correct counts add pass by pass."""
+        measured = [part.checks for part in parts if part.checks.get("randomized_points")]
+        if not measured:
+            return {"randomized_points": 0}
+        passes = int(measured[0]["randomized_passes"])
+        return {
+            "randomized_points": sum(int(c["randomized_points"]) for c in measured),
+            "randomized_passes": passes,
+            "randomized_max_difference": _nan_extreme(
+                (c.get("randomized_max_difference") for c in measured), max
+            ),
+            "randomized_changed_predictions": sum(
+                int(c["randomized_changed_predictions"]) for c in measured
+            ),
+            "randomized_correct": [
+                sum(int(c["randomized_correct"][i]) for c in measured) for i in range(passes)
+            ],
+        }
 
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         points = _measured(evaluation, "randomized_points", "repeated passes were not measured")
@@ -544,6 +621,11 @@ class TrainMode(Check):
             ),
         ]
 
+    def merge(self, parts: Sequence[ShardMeasurement], *, seed: int) -> dict[str, Any]:
+        """The model's modes, read by the first shard: every shard is handed the same model."""
+        keys = ("train_mode_model", "train_mode_modules", "train_mode_names", "active_after_eval")
+        return {key: parts[0].checks[key] for key in keys if key in parts[0].checks}
+
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         count = _measured(evaluation, "train_mode_modules", "the model's modes were not read")
         checks = evaluation.checks
@@ -637,6 +719,13 @@ class ZeroGradients(Check):
             records.append(AuditRecord("zero_gradients", None, "count", count))
         return records
 
+    def merge(self, parts: Sequence[ShardMeasurement], *, seed: int) -> dict[str, Any]:
+        """Counts add; the share is of all correctly classified points."""
+        zero = sum(int(part.checks.get("zero_gradient_count", 0)) for part in parts)
+        attacked = sum(part.correct for part in parts)
+        share = zero / attacked if attacked else math.nan
+        return {"zero_gradient_fraction": share, "zero_gradient_count": zero}
+
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         share = _measured(evaluation, "zero_gradient_fraction", "input gradients were not measured")
         count = evaluation.checks.get("zero_gradient_count")
@@ -674,6 +763,12 @@ class LargeEpsAboveChance(Check):
             )
         ]
 
+    def merge(self, parts: Sequence[ShardMeasurement], *, seed: int) -> dict[str, Any]:
+        """Accuracy over all points (each shard's attack ran with the shard's own seed)."""
+        config = {**self.attack, "eps": self.eps, "seed": seed}
+        accuracy = _pooled_share(parts, "large_eps_accuracy", "points")
+        return {"large_eps": self.eps, "large_eps_accuracy": accuracy, "large_eps_attack": config}
+
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         accuracy = _measured(evaluation, "large_eps_accuracy", "the large-eps attack did not run")
         checks = evaluation.checks
@@ -707,6 +802,11 @@ class UnboundedIncomplete(Check):
         return [
             AuditRecord("deepfool_unbounded", None, "success_rate", measured.unbounded_success_rate)
         ]
+
+    def merge(self, parts: Sequence[ShardMeasurement], *, seed: int) -> dict[str, Any]:
+        """The success rate over all correctly classified points."""
+        rate = _pooled_share(parts, "unbounded_success_rate", "correct")
+        return {"unbounded_success_rate": rate, "unbounded_attack": dict(self.attack)}
 
     def judge(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         rate = _measured(evaluation, "unbounded_success_rate", "the unbounded attack did not run")
@@ -749,6 +849,16 @@ def measure_checks(runner: AttackRunner, *, seed: int) -> SanityChecks:
     for check in _measuring(CHECKS.values()):
         measured.update(check.measure(runner, seed=seed))
     return SanityChecks(**measured)
+
+
+def merge_checks(parts: Sequence[ShardMeasurement], *, seed: int) -> SanityChecks:
+    """The measurements of a sharded evaluation, from each shard's, check by check."""
+    if not parts:
+        raise ValueError("merge_checks needs at least one shard's measurements")
+    merged: dict[str, Any] = {}
+    for check in _measuring(CHECKS.values()):
+        merged.update(check.merge(parts, seed=seed))
+    return SanityChecks(**merged)
 
 
 def audit_records(measured: SanityChecks) -> list[AuditRecord]:

@@ -78,6 +78,11 @@ class AttackSpec:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A read-only mapping does not pickle; workers of a sharded evaluation need specs.
+        fields = (self.label, self.attack, self.kind, dict(self.params), self.model_loss)
+        return type(self), (*fields, self.seeded)
+
     @property
     def bounded(self) -> bool:
         return self.kind != "minimal"

@@ -174,6 +174,9 @@ class Evaluation:
     checks: SanityChecks | None = None
     flags: list[Flag] = field(default_factory=list)
     seconds: float = 0.0
+    #: How a sharded evaluation ran (the plan, shards computed and reused, the executor);
+    #: None for an evaluation in one piece.
+    sharding: dict[str, Any] | None = None
 
     @property
     def clean_accuracy(self) -> float:
@@ -248,6 +251,7 @@ class Evaluation:
                 "checks": self.checks.as_dict() if self.checks is not None else None,
                 "flags": [flag.as_dict() for flag in self.flags],
                 "seconds": self.seconds,
+                **({"sharding": self.sharding} if self.sharding is not None else {}),
             }
         )
 

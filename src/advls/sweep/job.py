@@ -28,7 +28,13 @@ from torch import Tensor, nn
 
 from advls import data as datasets
 from advls.atomic import write_text_atomically
-from advls.evaluate import Evaluation, audit_records, evaluate, training_smoothing
+from advls.evaluate import (
+    Evaluation,
+    audit_records,
+    evaluate,
+    evaluate_sharded,
+    training_smoothing,
+)
 from advls.evaluate.inputs import check_labels
 from advls.external import check_model_io, load_external_model
 from advls.store import Result
@@ -153,23 +159,25 @@ def _evaluate(
     plan = task.config["evaluate"]
     spec = _evaluation_spec(plan)
     started = time.perf_counter()
-    evaluation = evaluate(
-        model,
-        images[: spec.n],
-        labels[: spec.n],
-        protocols=[entry.build() for entry in spec.protocols],
-        eps=plan["eps"],
-        l2_budgets=spec.l2_budgets,
-        smoothing=smoothing,
-        surrogate=surrogate,
-        batch_size=spec.batch_size,
-        device=device,
-        seed=spec.seed,
-        checks=spec.checks,
-    )
+    options = {
+        "protocols": [entry.build() for entry in spec.protocols],
+        "eps": plan["eps"], "l2_budgets": spec.l2_budgets, "smoothing": smoothing,
+        "surrogate": surrogate, "batch_size": spec.batch_size, "device": device,
+        "seed": spec.seed, "checks": spec.checks,
+    }  # fmt: skip
+    run_dir = Path(task.artifact_dir) / "runs" / task.key
+    points, truth = images[: spec.n], labels[: spec.n]
+    if spec.shards is None:
+        evaluation = evaluate(model, points, truth, **options)
+    else:  # one shard after another in this worker, each kept as it finishes
+        evaluation = evaluate_sharded(
+            model, points, truth, shard_size=spec.shards.size, shards=spec.shards.count,
+            out=run_dir, **options,
+        )  # fmt: skip
+        outcome.timings["shards"] = evaluation.sharding
     outcome.timings["eval_seconds"] = time.perf_counter() - started
     outcome.results += evaluation_results(evaluation)
-    report = Path(task.artifact_dir) / "runs" / task.key / "evaluation.json"
+    report = run_dir / "evaluation.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(report, evaluation.to_json(run=task.key, config=task.config))
     outcome.artifacts["evaluation"] = str(report)

@@ -65,6 +65,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from torch import nn
 
@@ -162,6 +163,28 @@ class ProtocolEntry(BaseModel):
         return protocol
 
 
+class ShardSpec(BaseModel):
+    """An evaluation cut into shards, as ``advls evaluate --shard-size/--shards`` cuts it:
+    ``size`` points each, or ``count`` shards of equal size.
+
+    The cut enters the run's key (it and the seed fix the results). A run's worker
+    evaluates its shards one after another, keeping each in the run's artifacts as it
+    finishes, so a killed sweep, run again, resumes an evaluation from its last finished
+    shard; the numbers are those of ``advls evaluate`` with the same cut and seed.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: StrictInt | None = Field(None, ge=1, description="points per shard")
+    count: StrictInt | None = Field(None, ge=1, description="or: this many equal shards")
+
+    @model_validator(mode="after")
+    def _one_cut(self) -> ShardSpec:
+        if (self.size is None) == (self.count is None):
+            raise ValueError("shards takes size (points per shard) or count, one of them")
+        return self
+
+
 class EvaluateSpec(BaseModel):
     """How every run of a sweep is evaluated, on the first ``n`` test images."""
 
@@ -178,6 +201,9 @@ class EvaluateSpec(BaseModel):
     checks: StrictBool = Field(True, description="run the gradient-masking checks")
     surrogate: Literal["none", "twin"] = Field(
         "none", description="twin: train a plain-CE twin (seed + 1) for the transfer attack"
+    )
+    shards: ShardSpec | None = Field(
+        None, description="cut the evaluation into shards, kept as they finish"
     )
 
     @field_validator("protocols", mode="before")
@@ -221,6 +247,15 @@ class EvaluateSpec(BaseModel):
     def _l2(cls, value: Any) -> tuple[float, ...] | None:
         return None if value is None else check_l2_budgets(value)
 
+    @model_validator(mode="after")
+    def _shards_fit(self) -> EvaluateSpec:
+        count = self.shards.count if self.shards is not None else None
+        if count is not None and count > self.n:
+            raise ValueError(
+                f"shards.count ({count}) cannot exceed the evaluated points (n={self.n})"
+            )
+        return self
+
 
 class SweepSpec(BaseModel):
     """The whole spec file."""
@@ -248,7 +283,9 @@ class SweepSpec(BaseModel):
 
 def _resolved_evaluation(evaluate: EvaluateSpec, eps: tuple[float, ...]) -> dict[str, Any]:
     """A run's evaluation as stored and hashed, with its budgets and protocols resolved."""
-    evaluation = evaluate.model_dump(mode="json", exclude={"eps", "protocols"})
+    evaluation = evaluate.model_dump(mode="json", exclude={"eps", "protocols", "shards"})
+    if evaluate.shards is not None:  # absent otherwise: keys of unsharded runs stay as they were
+        evaluation["shards"] = evaluate.shards.model_dump(mode="json")
     evaluation["eps"] = list(eps)
     # The entry rebuilds the protocol; "resolved" records what it meant when it ran.
     evaluation["protocols"] = [
