@@ -175,6 +175,9 @@ def main() -> None:
     parser.add_argument("--speed-shard-size", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-sharded"))
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ignored: every shard runs on one thread"
+    )
     args = parser.parse_args()
     root = Path(os.environ.get("ADVLS_DATA", FALLBACK_DATA))
     torch.set_num_threads(1)

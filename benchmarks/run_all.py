@@ -30,6 +30,17 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "attacks": ("bench_attacks.py", ["--rounds", "1", "--warmup", "0", "--points", "200"]),
     "apgd": ("bench_apgd.py", ["--rounds", "1", "--warmup", "0", "--points", "200"]),
     "sweep": ("bench_sweep.py", ["--rounds", "1", "--epochs", "4"]),
+    "certify": (
+        "bench_certify.py",
+        [
+            *("--train-epochs", "0", "--points", "200", "--crown-points", "5"),
+            *("--rounds", "2", "--warmup", "1"),
+        ],
+    ),
+    "sharded": (
+        "bench_sharded.py",
+        ["--part", "speed", "--speed-points", "100", "--speed-shard-size", "25", "--rounds", "1"],
+    ),
 }
 
 

@@ -84,6 +84,7 @@ def test_deepfool_at_least_as_good_as_foolbox(mnist_lenet) -> None:
     assert our_l2 <= 1.02 * their_l2
 
 
+@pytest.mark.slower  # two minutes on two cores; DeepFool's cross-check stays in the default run
 def test_cw_at_least_as_good_as_foolbox(mnist_lenet) -> None:
     model, x, y = mnist_lenet
     attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=5, steps=100, stepsize=0.01)

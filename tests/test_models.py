@@ -14,6 +14,8 @@ EXPECTED_PARAMETERS = {
     "linear": 784 * 10 + 10,
     "mlp": (784 * 500 + 500) + (500 * 256 + 256) + (256 * 10 + 10),
     "lenet-mnist": (1 * 10 * 25 + 10) + (10 * 20 * 25 + 20) + (320 * 50 + 50) + (50 * 10 + 10),
+    # Gowal et al.'s small CNN: 28 -> 13 (4x4, stride 2) -> 10 (4x4), 32 x 10 x 10 = 3200.
+    "cnn-small": (1 * 16 * 16 + 16) + (16 * 32 * 16 + 32) + (3200 * 100 + 100) + (100 * 10 + 10),
     "lenet": (3 * 6 * 25 + 6)
     + (6 * 16 * 25 + 16)
     + (400 * 120 + 120)
@@ -65,7 +67,7 @@ def test_any_reasonable_input_shape(channels: int, size: int, classes: int, name
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "vgg"}, "model must be one of linear, mlp, lenet-mnist, lenet, resnet18"),
+        ({"name": "vgg"}, "must be one of linear, mlp, lenet-mnist, cnn-small, lenet, resnet18"),
         ({"name": "mlp", "num_classes": 1}, "num_classes must be an integer >= 2"),
         ({"name": "lenet", "mean": (0.5,), "std": (0.5,)}, "one value per input channel"),
         ({"name": "lenet", "input_shape": (3, 8, 8)}, "at least 16x16"),

@@ -76,10 +76,12 @@ class Checkpoint:
 
     @property
     def epoch(self) -> int:
+        """The epoch this checkpoint was saved after."""
         return int(self.meta["epoch"])
 
     @property
     def config(self) -> dict[str, Any]:
+        """The training configuration the checkpoint was trained with."""
         return self.meta["config"]
 
 

@@ -20,6 +20,7 @@ import importlib.util
 import inspect
 import os
 import pickle
+import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -265,7 +266,9 @@ def _read_torch(path: Path) -> Any:
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # torch colours its message for terminals; an error line is plain text.
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+        first = plain.splitlines()[0] if plain else ""
         raise ExternalModelError(
             f"{path} is a pickle that needs code to load ({first[:200]}); advls reads only "
             "weights (torch.load with weights_only=True). Save model.state_dict() with "

@@ -417,12 +417,14 @@ class SmoothedCrossEntropy(nn.Module):
         self.reduction = _check_reduction(reduction)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The smoothed cross-entropy of ``logits`` (N, K) against integer ``labels`` (N,)."""
         # Hyperparameters were validated once, in __init__.
         return _smoothed_ce_unchecked(
             logits, labels, self.method, self.alpha, self.temperature, self.reduction
         )
 
     def extra_repr(self) -> str:
+        """The method and its hyperparameters, as ``print(module)`` shows them."""
         name = (
             self.method
             if isinstance(self.method, str)

@@ -7,6 +7,7 @@ expressed in pixel units, whatever statistics a dataset uses.
 ``linear``       one affine layer on the flattened input
 ``mlp``          784-500-256-10 ReLU network (the paper's "MNIST Linear" rows)
 ``lenet-mnist``  conv 10 / conv 20 / dropout / fc 320-50-10 (the classic PyTorch MNIST LeNet)
+``cnn-small``    conv 16 4x4/2 / conv 32 4x4 / fc 100 (Gowal et al.'s small CNN, for IBP training)
 ``lenet``        conv 6 / conv 16 / fc 400-120-84-10 (CIFAR-10 and SVHN)
 ``resnet18``     CIFAR-style ResNet-18 (3x3 stem, no max-pool)
 =============== ===========================================================================
@@ -54,6 +55,7 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std``, per channel."""
         return (x - self.mean) / self.std
 
 
@@ -122,6 +124,26 @@ class LeNet(nn.Module):
         return self.fc3(F.relu(self.fc2(x)))
 
 
+class SmallCNN(nn.Module):
+    """The small CNN of Gowal et al. (2018) for certified (IBP) training: conv 16 4x4 stride
+    2 / conv 32 4x4 stride 1 / fc 100. No pooling: interval bounds widen least through
+    plain strided convolutions, which is why certified training uses this shape rather
+    than LeNet's max-pools."""
+
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        self.conv1 = nn.Conv2d(channels, 16, kernel_size=4, stride=2)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=4, stride=1)
+        side = lambda n: (n - 4) // 2 + 1 - 3  # noqa: E731  (conv1 then conv2)
+        self.fc1 = nn.Linear(32 * side(height) * side(width), 100)
+        self.fc2 = nn.Linear(100, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -181,6 +203,7 @@ MODELS: dict[str, tuple[Builder, tuple[int, int, int]]] = {
     "linear": (Linear, (1, 28, 28)),
     "mlp": (MLP, (1, 28, 28)),
     "lenet-mnist": (LeNetMNIST, (1, 28, 28)),
+    "cnn-small": (SmallCNN, (1, 28, 28)),
     "lenet": (LeNet, (3, 32, 32)),
     "resnet18": (ResNet18, (3, 32, 32)),
 }
@@ -199,8 +222,10 @@ def create(
         name: one of :data:`MODELS`.
         num_classes: number of output logits.
         input_shape: (C, H, W) of the inputs; defaults to the model's usual data set.
-        mean, std: per-channel statistics for the normalisation layer (default 0 and 1,
-            i.e. none); pass a dataset's ``mean``/``std``.
+        mean: per-channel means for the normalisation layer (default 0: none); pass a
+            dataset's ``mean``.
+        std: per-channel standard deviations for it (default 1: none); pass a dataset's
+            ``std``.
     """
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")

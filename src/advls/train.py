@@ -20,7 +20,15 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from torch import Tensor, nn
 
 from advls import data as datasets
@@ -30,7 +38,7 @@ from advls.checkpoint import (
     resume_training_state,
     save_training_state,
 )
-from advls.defences import AdversarialTraining
+from advls.defences import AdversarialTraining, Defence, IBPTraining
 from advls.locks import hold_run_directory
 from advls.losses import (
     ALIASES,
@@ -75,6 +83,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: TrainConfig's fields that only ibp training reads (left out of other runs' identity).
+_IBP_FIELDS = ("defence_kappa", "defence_warmup", "defence_ramp")
+
 _ABBREVIATIONS = {method: alias for alias, method in ALIASES.items() if alias.isalpha()}
 _LOSS_HELP = "ce, or a smoothing method: " + ", ".join(
     f"{method} ({_ABBREVIATIONS[method]})" if method in _ABBREVIATIONS else method
@@ -118,10 +129,14 @@ class TrainConfig(BaseModel):
     train_subset: int | None = Field(
         None, ge=1, description="Train on the first N training images only"
     )
-    defence: Literal["none", "fgsm-at", "pgd-at"] = Field(
-        "none", description="Adversarial training: none, fgsm-at (Goodfellow) or pgd-at (Madry)"
+    defence: Literal["none", "fgsm-at", "pgd-at", "ibp"] = Field(
+        "none",
+        description="Defence: none, fgsm-at (Goodfellow), pgd-at (Madry) or ibp (certified "
+        "training, Gowal et al.)",
     )
-    defence_eps: float = Field(0.1, gt=0.0, le=1.0, description="Adversarial-training L-inf budget")
+    defence_eps: float = Field(
+        0.1, gt=0.0, le=1.0, description="The defence's L-inf budget (ibp: the target eps)"
+    )
     defence_beta: float = Field(
         0.5,
         ge=0.0,
@@ -131,6 +146,22 @@ class TrainConfig(BaseModel):
     defence_steps: int = Field(7, ge=1, description="pgd-at: PGD steps per batch")
     defence_step_size: float | None = Field(
         None, gt=0.0, description="pgd-at: PGD step size (default 2.5 eps / steps)"
+    )
+    defence_kappa: float = Field(
+        0.5, ge=0.0, le=1.0, description="ibp: final weight of the clean loss (Gowal et al.: 0.5)"
+    )
+    defence_warmup: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="ibp: fraction of the training steps at eps 0 before the ramp",
+    )
+    defence_ramp: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="ibp: fraction of the training steps over which eps rises from 0 to "
+        "defence_eps and the clean weight falls from 1 to defence_kappa",
     )
     seed: int = Field(0, description="Seed: the same seed gives identical weights on CPU")
     preset: Literal["default", "paper"] = Field(
@@ -172,7 +203,27 @@ class TrainConfig(BaseModel):
             return {**PRESETS[values["preset"]], **values}
         return values
 
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> TrainConfig:
+        if self.defence_warmup + self.defence_ramp > 1.0:
+            raise ValueError(
+                "defence_warmup + defence_ramp must be at most 1 (fractions of the training), "
+                f"got {self.defence_warmup} + {self.defence_ramp}"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unused_schedule(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The ibp schedule's fields appear only in ibp runs, so the identity (and the keys
+        # and checkpoints built on it) of every other run is what it was before they existed.
+        values = handler(self)
+        if self.defence != "ibp":
+            for name in _IBP_FIELDS:
+                values.pop(name, None)
+        return values
+
     def resolved_augment(self, input_shape: tuple[int, int, int]) -> str:
+        """``augment`` with ``auto`` resolved for inputs of ``input_shape``."""
         if self.augment != "auto":
             return self.augment
         # Random crops and flips help natural colour images; they hurt digits (6 vs 9).
@@ -194,6 +245,7 @@ class TrainResult:
 
     @property
     def test_accuracy(self) -> float:
+        """The last epoch's clean test accuracy."""
         return self.history[-1]["test_accuracy"]
 
 
@@ -220,9 +272,19 @@ def _make_criterion(config: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
     return SmoothedCrossEntropy(config.loss, config.alpha, config.temperature)
 
 
-def _make_defence(config: TrainConfig, generator: torch.Generator) -> AdversarialTraining | None:
+def _make_defence(
+    config: TrainConfig, generator: torch.Generator, steps_per_epoch: int
+) -> Defence | None:
     if config.defence == "none":
         return None
+    if config.defence == "ibp":
+        total = config.epochs * steps_per_epoch
+        return IBPTraining(
+            eps=config.defence_eps,
+            kappa=config.defence_kappa,
+            warmup_steps=round(config.defence_warmup * total),
+            ramp_steps=max(1, round(config.defence_ramp * total)),
+        )
     return AdversarialTraining(
         kind=config.defence,
         eps=config.defence_eps,
@@ -332,14 +394,15 @@ def train_epoch(
     augment_generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
-    defence: AdversarialTraining | None = None,
+    defence: Defence | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[float, float]:
     """One pass of Algorithm 1 over ``images`` (uint8, on the model's device) in random order.
 
     ``schedule`` is stepped after every optimizer step; ``augment_generator`` turns on random
-    crops and flips; ``defence`` trains on adversarial examples (the reported accuracy is
-    then on the examples the loss saw last: clean for fgsm-at, adversarial for pgd-at).
+    crops and flips; ``defence`` trains on adversarial examples or certified bounds (the
+    reported accuracy is then on the examples the loss saw last: clean for fgsm-at and ibp,
+    adversarial for pgd-at).
     Returns the mean training loss and the training accuracy.
 
     Raises:
@@ -473,12 +536,14 @@ def _train(
     # One seeded generator on the device for augmentation and the defence's random starts;
     # its state is checkpointed, so a resumed run draws the same numbers.
     augment_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-    defence = _make_defence(config, augment_generator)
+    defence = _make_defence(config, augment_generator, steps_per_epoch)
 
     state = TrainingState(model, optimizer, schedule, generator, augment_generator, device)
     if run_dir is not None:
         resume_training_state(run_dir, state, config.identity(), last_good=resume_from_last_good)
     start_epoch = state.epoch
+    if isinstance(defence, IBPTraining):
+        defence.step = start_epoch * steps_per_epoch  # the schedule's clock, on resume too
     say = log or (lambda message: None)
     if start_epoch:
         say(f"resuming from epoch {start_epoch} of {config.epochs} in {run_dir}")

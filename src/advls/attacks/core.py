@@ -75,10 +75,12 @@ class AttackResult:
 
     @property
     def robust_accuracy(self) -> float:
+        """Share of the attacked points the attack did not fool (NaN for none)."""
         return 1.0 - float(self.success.float().mean()) if self.success.numel() else float("nan")
 
     @property
     def success_rate(self) -> float:
+        """Share of the attacked points the attack fooled (NaN for none)."""
         return float(self.success.float().mean()) if self.success.numel() else float("nan")
 
     def cpu(self) -> AttackResult:
@@ -108,6 +110,7 @@ class CountingModel(nn.Module):
         self._unchecked_labels = labels
 
     def forward(self, x: Tensor) -> Tensor:
+        """The wrapped model's logits, counting the pass (and checking the first output)."""
         self.calls += 1
         logits = self.model(x)
         if self._unchecked_labels is not None:

@@ -113,6 +113,15 @@ def evaluate(
             "(default 0.1,0.2,0.3 for MNIST, 2/255,4/255,8/255 for colour images)."
         ),
     ] = None,
+    certify: Annotated[
+        str | None,
+        typer.Option(
+            help="Bound methods, comma-separated: ibp, crown-ibp, crown. Certified accuracy "
+            "at every --eps beside the attacks, so each number is a bracket [certified, "
+            "attacked]; a model of other layers than Linear, Conv2d, ReLU, pooling, "
+            "Flatten, Dropout and BatchNorm is refused before any attack."
+        ),
+    ] = None,
     surrogate: Annotated[
         Path | None,
         typer.Option(
@@ -166,8 +175,9 @@ def evaluate(
     AutoAttack protocols, with the gradient-masking audit.
 
     Prints robust accuracy per attack and eps over all points (clean errors count as
-    failures), the per-example worst case of each protocol, DeepFool/CW distances, and
-    every masking check with its verdict and evidence. --report writes the page a reviewer
+    failures), the per-example worst case of each protocol, DeepFool/CW distances, with
+    --certify the certified accuracy that brackets them from below, and every masking
+    check with its verdict and evidence. --report writes the page a reviewer
     reads. Exits 0 whatever the flags say; 2 for any input it cannot use, before any work
     and with nothing written.
 
@@ -189,6 +199,8 @@ def evaluate(
         advls evaluate --checkpoint runs/als --protocol autoattack --jobs 2 --out results/als
 
         advls evaluate --model nets:wrn --dataset cifar10 --executor ray --gpus-per-shard 1
+
+        advls evaluate --checkpoint runs/ibp --certify ibp,crown --eps 0.01,0.1
     """
     from rich.progress import Progress
 
@@ -203,6 +215,7 @@ def evaluate(
         training_smoothing,
     )
     from advls.evaluate.inputs import check_l2_budgets
+    from advls.evaluate.run import check_certify_methods
     from advls.evaluate.sharded import check_gpus_per_shard
     from advls.external import ModelSource, parse_model_args
     from advls.outputs import check_output_dir
@@ -221,6 +234,9 @@ def evaluate(
             raise ValueError("--model-arg, --weights, --mean and --std go with --model")
         chosen = [get_protocol(name) for name in (protocol or ["strong"])]
         budgets = check_eps_list(_parse_numbers(eps, "--eps")) if eps else None
+        methods = check_certify_methods(
+            [item.strip() for item in certify.split(",") if item.strip()] if certify else []
+        )
         l2 = check_l2_budgets(_parse_numbers(l2_budget, "--l2-budget")) if l2_budget else None
         check_points(points)
         try:
@@ -259,7 +275,7 @@ def evaluate(
         twin = load_model(surrogate, target)[0] if surrogate is not None else None
         command = _reproducing_command(
             source_words, data, split, points, chosen, budgets, l2, surrogate, seed, report,
-            spread if sharded else None,
+            spread if sharded else None, methods,
         )  # fmt: skip
         with Progress(transient=True, disable=not progress, console=console) as bar:
             result = audit(
@@ -268,6 +284,7 @@ def evaluate(
                 batch_size=batch_size, device=target, seed=seed, report=report, name=name,
                 command=command, progress=_progress_factory(bar),
                 sharding=spread if sharded else None, out=out if sharded else None,
+                certify=methods,
             )  # fmt: skip
         payload = result.to_json(
             checkpoint=str(checkpoint) if checkpoint else None,
@@ -301,6 +318,7 @@ def _reproducing_command(
     seed: int,
     report: Path | None,
     sharding: Any = None,
+    certify: tuple[str, ...] = (),
 ) -> list[str]:
     """The ``advls evaluate`` command line that repeats this evaluation, every choice explicit
     but the defaults it took (so it reads as the user would type it)."""
@@ -315,6 +333,8 @@ def _reproducing_command(
         words += ["--l2-budget", ",".join(f"{value:.10g}" for value in l2)]
     if surrogate is not None:
         words += ["--surrogate", str(surrogate)]
+    if certify:
+        words += ["--certify", ",".join(certify)]
     words += ["--seed", str(seed)]
     if sharding is not None:  # the cut fixes the results; where the shards ran does not
         if sharding.shards is not None:

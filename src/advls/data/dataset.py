@@ -52,6 +52,7 @@ class ImageDataset:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the dataset declares."""
         return len(self.classes)
 
     @property

@@ -61,6 +61,7 @@ class DatasetSpec:
         raise DataError(f"dataset {self.name!r} has no registered file {filename!r}")
 
     def has_file(self, filename: str) -> bool:
+        """Whether ``filename`` is one of the dataset's files."""
         return any(spec.filename == filename for spec in self.files)
 
     def with_checksums(self, sha256: Mapping[str, str]) -> DatasetSpec:

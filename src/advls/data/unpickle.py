@@ -49,6 +49,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        """The allowed global ``module.name``; any other is refused (never imported)."""
         try:
             return _PICKLE_ALLOWED[(module, name)]
         except KeyError:

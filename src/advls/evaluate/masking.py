@@ -159,6 +159,11 @@ class Check:
         """The flag, raised or not, with a sentence saying why and the numbers behind it."""
         raise NotImplementedError
 
+    def applies(self, evaluation: Evaluation) -> bool:
+        """Whether this check belongs to ``evaluation`` at all (reported, even unchecked);
+        a check of something the evaluation did not ask for (certification) is left out."""
+        return True
+
     def __call__(self, evaluation: Evaluation, thresholds: Thresholds) -> Flag:
         try:
             return self.judge(evaluation, thresholds)
@@ -370,6 +375,39 @@ class ProtocolGap(EvidenceCheck):
                         }
                     )
         return evidence
+
+
+class CertifiedBroken(EvidenceCheck):
+    """A point the bounds prove robust that an attack broke: impossible unless the bounds or
+    the attack are wrong (an attack stepping outside the ball, an unsound relaxation), so
+    neither number can be trusted until it is explained. Checked wherever certification ran."""
+
+    name = "certified_broken"
+    raised_message = (
+        "{count} case(s) of points proven robust and yet broken: the bounds or the attacks "
+        "are wrong; report it with evaluation.json"
+    )
+    clear_message = "no point proven robust was broken by any attack"
+
+    def applies(self, evaluation: Evaluation) -> bool:
+        """Only where certification ran."""
+        return bool(evaluation.certified)
+
+    def evidence(self, evaluation: Evaluation, thresholds: Thresholds) -> list[dict[str, Any]]:
+        if not evaluation.certified:
+            raise NotChecked("no certification ran (certify=...)")
+        budgets = {outcome.eps for outcome in evaluation.certified}
+        found = []
+        for protocol in evaluation.protocols:
+            if protocol.norm != "linf":
+                continue
+            for eps in sorted(budgets & set(evaluation.eps)):
+                broken = evaluation.certified_but_broken(protocol.name, eps)
+                if broken.any():
+                    points = broken.nonzero().squeeze(1)[:10].tolist()
+                    found.append({"protocol": protocol.name, "eps": eps,
+                                  "points": int(broken.sum()), "first": points})  # fmt: skip
+        return found
 
 
 # --------------------------------------------------------------------------- preflight
@@ -833,6 +871,7 @@ CHECKS: dict[str, Check] = {
         LargeEpsAboveChance(),
         ZeroGradients(),
         ProtocolGap(),
+        CertifiedBroken(),
     )
 }
 
@@ -869,5 +908,6 @@ def audit_records(measured: SanityChecks) -> list[AuditRecord]:
 def raise_flags(
     evaluation: Evaluation, thresholds: Thresholds, names: Sequence[str] | None = None
 ) -> list[Flag]:
-    """Run the checks ``names`` (all by default) on ``evaluation``."""
-    return [CHECKS[name](evaluation, thresholds) for name in (names or CHECKS)]
+    """Run the checks ``names`` (by default every check that applies) on ``evaluation``."""
+    chosen = names or [name for name, check in CHECKS.items() if check.applies(evaluation)]
+    return [CHECKS[name](evaluation, thresholds) for name in chosen]

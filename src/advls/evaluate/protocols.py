@@ -85,10 +85,12 @@ class AttackSpec:
 
     @property
     def bounded(self) -> bool:
+        """Whether the attack runs within a budget (every kind but ``minimal``)."""
         return self.kind != "minimal"
 
     @property
     def white_box(self) -> bool:
+        """Whether the attack follows the model's gradients (single-step or iterative)."""
         return self.kind in ("single-step", "iterative")
 
     def config(
@@ -118,6 +120,7 @@ class AttackSpec:
         return config
 
     def describe(self) -> dict[str, Any]:
+        """The spec as JSON: label, attack, kind, parameters and how the rest is filled in."""
         params = dict(self.params)
         if self.model_loss:
             params["loss"] = "the model's own training loss"
@@ -176,6 +179,7 @@ class Protocol:
         )
 
     def describe(self) -> dict[str, Any]:
+        """The protocol as JSON: its name, summary, norm, order and attacks."""
         return {
             "name": self.name,
             "summary": self.summary,
@@ -352,7 +356,9 @@ def fit_to_classes(config: Mapping[str, Any], num_classes: int) -> tuple[dict[st
 
 
 def _is_mnist_like(input_shape: Sequence[int]) -> bool:
-    return next(iter(input_shape)) == 1
+    if isinstance(input_shape, str) or not input_shape:  # a name is no shape
+        raise ValueError(f"input_shape must be (C, H, W) or (C,), got {input_shape!r}")
+    return int(next(iter(input_shape))) == 1
 
 
 def default_eps(input_shape: Sequence[int]) -> tuple[float, ...]:

@@ -62,6 +62,36 @@ def _rows(evaluation: Evaluation, protocols: list[Protocol]) -> list[list[str]]:
     return rows
 
 
+def _certified_lines(evaluation: Evaluation) -> list[str]:
+    """Certified accuracy per method and eps, and each protocol's bracket
+    ``[certified, attacked]`` (the true robust accuracy lies inside)."""
+    if not evaluation.certified:
+        return []
+    budgets = [eps for eps in evaluation.eps if any(o.eps == eps for o in evaluation.certified)]
+    header = ["certified by", *(f"eps {eps:.4g}" for eps in budgets)]
+    rows = [
+        [method, *(_cell(evaluation.certified_accuracy(eps, method)) for eps in budgets)]
+        for method in evaluation.certify_methods
+    ]
+    rows.append(
+        ["**any method**", *(f"**{_cell(evaluation.certified_accuracy(e))}**" for e in budgets)]
+    )
+    for protocol in evaluation.protocols:
+        if protocol.norm == "linf":
+            cells = []
+            for eps in budgets:
+                low, high = evaluation.bracket(protocol.name, eps)
+                cells.append(f"[{_cell(low)}, {_cell(high)}]")
+            rows.append([f"bracket: {protocol.name}", *cells])
+    return [
+        "",
+        *_table(header, rows),
+        "",
+        "Certified accuracy is proven (no perturbation within eps changes those points); each "
+        "bracket is [certified, attacked]: the true robust accuracy lies inside.",
+    ]
+
+
 def format_markdown(evaluation: Evaluation, title: str | None = None) -> str:
     """Robust accuracy per attack and eps, the worst case per protocol, minimal attacks'
     distances and accuracy at L2 budgets, and every masking check with its verdict."""
@@ -104,6 +134,8 @@ def format_markdown(evaluation: Evaluation, title: str | None = None) -> str:
             for o in minimal
         ]
         lines += ["", *_table(header, rows)]
+
+    lines += _certified_lines(evaluation)
 
     if evaluation.skipped:
         skipped = ", ".join(

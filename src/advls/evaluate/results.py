@@ -18,7 +18,7 @@ from torch import Tensor
 
 from advls.evaluate.protocols import AttackSpec, Protocol
 
-__all__ = ["AttackOutcome", "Evaluation", "Flag", "SanityChecks"]
+__all__ = ["AttackOutcome", "CertifiedOutcome", "Evaluation", "Flag", "SanityChecks"]
 
 
 def _share(mask: Tensor) -> float:
@@ -105,6 +105,31 @@ class AttackOutcome:
         return record
 
 
+@dataclass(frozen=True)
+class CertifiedOutcome:
+    """One bound method at one L-inf budget: the points it proves robust (over all points;
+    a clean error is never certified), see :mod:`advls.certify`."""
+
+    method: str
+    eps: float
+    certified: Tensor
+    seconds: float
+
+    @property
+    def certified_accuracy(self) -> float:
+        """Share of all evaluated points proven robust."""
+        return _share(self.certified)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The outcome's JSON record."""
+        return {
+            "method": self.method,
+            "eps": self.eps,
+            "certified_accuracy": self.certified_accuracy,
+            "seconds": self.seconds,
+        }
+
+
 class SanityChecks(Mapping[str, Any]):
     """What the masking checks measured beyond the protocols' attacks, by name.
 
@@ -177,6 +202,8 @@ class Evaluation:
     #: How a sharded evaluation ran (the plan, shards computed and reused, the executor);
     #: None for an evaluation in one piece.
     sharding: dict[str, Any] | None = None
+    #: The certified points per bound method and L-inf budget (empty without ``certify``).
+    certified: list[CertifiedOutcome] = field(default_factory=list)
 
     @property
     def clean_accuracy(self) -> float:
@@ -217,6 +244,65 @@ class Evaluation:
         """Robust accuracy of ``protocol`` at ``eps``, per example over its bounded attacks."""
         return _share(self.worst_case_robust(protocol, eps))
 
+    @property
+    def certify_methods(self) -> list[str]:
+        """The bound methods that ran, in order."""
+        return list(dict.fromkeys(outcome.method for outcome in self.certified))
+
+    def certified_robust(self, eps: float, method: str | None = None) -> Tensor:
+        """Per point: proven robust at ``eps`` by ``method``, or by any method (None).
+
+        Raises:
+            KeyError: no certification at ``eps`` (by ``method``).
+        """
+        masks = [
+            outcome.certified
+            for outcome in self.certified
+            if outcome.eps == eps and method in (None, outcome.method)
+        ]
+        if not masks:
+            raise KeyError(f"no certification at eps {eps}" + (f" by {method}" if method else ""))
+        proven = masks[0].clone()
+        for mask in masks[1:]:
+            proven |= mask
+        return proven
+
+    def certified_accuracy(self, eps: float, method: str | None = None) -> float:
+        """Share of all points proven robust at ``eps`` (by ``method``, or by any)."""
+        return _share(self.certified_robust(eps, method))
+
+    def bracket(self, protocol: str, eps: float) -> tuple[float, float]:
+        """``(certified, attacked)``: the true robust accuracy at ``eps`` lies between what
+        the bounds prove (any method) and what ``protocol``'s attacks leave unbroken."""
+        return self.certified_accuracy(eps), self.worst_case(protocol, eps)
+
+    def certified_but_broken(self, protocol: str, eps: float) -> Tensor:
+        """Points proven robust at ``eps`` that ``protocol``'s attacks broke: always none,
+        unless the bounds or the attacks are wrong (the ``certified_broken`` check)."""
+        return self.certified_robust(eps) & ~self.worst_case_robust(protocol, eps)
+
+    def _certified_records(self) -> dict[str, Any]:
+        if not self.certified:
+            return {}
+        budgets = list(dict.fromkeys(outcome.eps for outcome in self.certified))
+        brackets = [
+            {"protocol": protocol.name, "eps": eps, "certified": self.certified_accuracy(eps),
+             "attacked": self.worst_case(protocol.name, eps),
+             "certified_but_broken": int(self.certified_but_broken(protocol.name, eps).sum())}
+            for protocol in self.protocols
+            if protocol.norm == "linf"
+            for eps in budgets
+            if eps in self.eps
+        ]  # fmt: skip
+        union = [
+            {"eps": eps, "certified_accuracy": self.certified_accuracy(eps)} for eps in budgets
+        ]
+        return {
+            "certified": [outcome.as_dict() for outcome in self.certified],
+            "certified_any": union,
+            "brackets": brackets,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         """The evaluation as JSON-ready data (NaN written as None)."""
         minimal = [
@@ -251,6 +337,7 @@ class Evaluation:
                 "checks": self.checks.as_dict() if self.checks is not None else None,
                 "flags": [flag.as_dict() for flag in self.flags],
                 "seconds": self.seconds,
+                **self._certified_records(),
                 **({"sharding": self.sharding} if self.sharding is not None else {}),
             }
         )

@@ -27,10 +27,10 @@ from advls.evaluate.protocols import (
     fit_to_classes,
     get_protocol,
 )
-from advls.evaluate.results import AttackOutcome, Evaluation
+from advls.evaluate.results import AttackOutcome, CertifiedOutcome, Evaluation
 from advls.evaluate.runner import AttackRunner, ProgressFactory, to_unit
 
-__all__ = ["ProgressFactory", "check_eps_list", "evaluate"]
+__all__ = ["ProgressFactory", "check_certify_methods", "check_eps_list", "evaluate"]
 
 
 def _predict(model: nn.Module, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
@@ -52,6 +52,49 @@ def _check_surrogate(surrogate: nn.Module, images: Tensor, num_classes: int, dev
         )
 
 
+def check_certify_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
+    """The bound methods named, each once, in the order given.
+
+    Raises:
+        ValueError: a method :mod:`advls.certify` does not know.
+    """
+    from advls.certify import METHODS
+
+    chosen = (methods,) if isinstance(methods, str) else tuple(methods)
+    for method in chosen:
+        if method not in METHODS:
+            raise ValueError(f"certify methods are {', '.join(METHODS)}; got {method!r}")
+    return tuple(dict.fromkeys(chosen))
+
+
+def _certify(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    methods: Sequence[str],
+    budgets: Sequence[float],
+    batch_size: int,
+    device: torch.device,
+) -> list[CertifiedOutcome]:
+    """Each method's certified points at each budget, over all points (on the CPU)."""
+    if not methods:
+        return []
+    from advls.certify import certified
+
+    found = []
+    for method in methods:
+        for eps in budgets:
+            started = time.perf_counter()
+            proven = []
+            for start in range(0, len(images), batch_size):
+                x = to_unit(images[start : start + batch_size], device)
+                y = labels[start : start + batch_size].to(device)
+                proven.append(certified(model, x, y, eps, method).cpu())
+            seconds = time.perf_counter() - started
+            found.append(CertifiedOutcome(method, eps, torch.cat(proven), seconds))
+    return found
+
+
 def evaluate(
     model: nn.Module,
     images: Tensor,
@@ -68,6 +111,7 @@ def evaluate(
     checks: bool = True,
     thresholds: Thresholds | None = None,
     progress: ProgressFactory | None = None,
+    certify: Sequence[str] = (),
 ) -> Evaluation:
     """Evaluate ``model`` on ``images`` (uint8, or floats in [0, 1]) under ``protocols``.
 
@@ -83,6 +127,10 @@ def evaluate(
         checks: measure what the masking checks need (zero gradients, PGD at eps 0.5,
             unbounded DeepFool) and raise the flags.
         progress: ``progress(label, total)`` returns a callback given each batch's size.
+        certify: bound methods (:data:`advls.certify.METHODS`: ``ibp``, ``crown-ibp``,
+            ``crown``) whose certified points are computed at every L-inf budget, so each
+            robust accuracy comes as the bracket ``[certified, attacked]``; a model the
+            bounds do not support is refused before any attack.
     """
     started = time.perf_counter()
     chosen = tuple(get_protocol(protocol) for protocol in protocols)
@@ -98,6 +146,7 @@ def evaluate(
     l2 = check_l2_budgets(
         l2_budgets if l2_budgets is not None else default_l2_budgets(images.shape[1:])
     )
+    methods = check_certify_methods(certify)
     thresholds = thresholds or Thresholds()
     device = torch.device(device)
     labels = labels.long()
@@ -111,6 +160,8 @@ def evaluate(
         correct = _predict(model, images, batch_size, device).argmax(dim=1) == labels
 
     evaluation = Evaluation(len(labels), num_classes, correct, budgets, l2, chosen)
+    # Bounds first: a model they cannot read fails here, before the attacks' hours.
+    evaluation.certified = _certify(model, images, labels, methods, budgets, batch_size, device)
     runner = AttackRunner(
         model, images, labels, correct, batch_size=batch_size, device=device, progress=progress
     )

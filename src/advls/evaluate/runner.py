@@ -57,6 +57,7 @@ class AttackSummary:
     seconds: float
 
     def as_dict(self) -> dict[str, float | int]:
+        """The summary as a plain dict (its JSON record)."""
         return asdict(self)
 
 

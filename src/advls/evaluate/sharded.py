@@ -32,7 +32,7 @@ from advls.evaluate.inputs import check_eps_list, check_l2_budgets
 from advls.evaluate.masking import Thresholds
 from advls.evaluate.protocols import Protocol, default_eps, default_l2_budgets, get_protocol
 from advls.evaluate.results import Evaluation
-from advls.evaluate.run import ProgressFactory, evaluate
+from advls.evaluate.run import ProgressFactory, check_certify_methods, evaluate
 from advls.evaluate.shards import (
     evaluation_fingerprint,
     load_shard,
@@ -175,6 +175,7 @@ def evaluate_sharded(
     retries: int = DEFAULT_RETRIES,
     out: str | os.PathLike[str] | None = None,
     progress: ProgressFactory | None = None,
+    certify: Sequence[str] = (),
 ) -> Evaluation:
     """:func:`~advls.evaluate.evaluate`, its points cut into shards that run in parallel.
 
@@ -228,6 +229,7 @@ def evaluate_sharded(
         from advls.outputs import check_output_dir
 
         out = check_output_dir(out, option="--out")
+    methods = check_certify_methods(certify)
     labels = labels.long()
     device_name = "cuda" if gpus_per_shard else str(device)
 
@@ -238,7 +240,7 @@ def evaluate_sharded(
         "protocols": [protocol.describe() for protocol in chosen],
         "eps": list(budgets), "l2_budgets": list(l2), "smoothing": smoothing,
         "batch_size": batch_size, "seed": seed, "checks": checks, "bounds": plan.bounds,
-        "threads": threads,
+        "threads": threads, "certify": list(methods),
     }  # fmt: skip
     fingerprint = evaluation_fingerprint(local_model, images, labels, settings, local_surrogate)
     kept = Path(out) / "shards" / fingerprint[:20] if out is not None else None
@@ -282,7 +284,8 @@ def evaluate_sharded(
                         labels[start:stop],
                         {"protocols": chosen, "eps": budgets, "l2_budgets": l2,
                          "smoothing": smoothing, "batch_size": batch_size,
-                         "seed": shard_seed(seed, index), "checks": checks},
+                         "seed": shard_seed(seed, index), "checks": checks,
+                         "certify": methods},
                         device_name,
                     )  # fmt: skip
                     pool.submit(index, _evaluate_shard, job)

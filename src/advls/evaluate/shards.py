@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from advls.atomic import atomic_target
 from advls.evaluate.masking import ShardMeasurement, Thresholds, merge_checks, raise_flags
 from advls.evaluate.protocols import Protocol
-from advls.evaluate.results import AttackOutcome, Evaluation, SanityChecks
+from advls.evaluate.results import AttackOutcome, CertifiedOutcome, Evaluation, SanityChecks
 
 __all__ = [
     "ShardPlan",
@@ -167,7 +167,10 @@ def merge_evaluations(
         raise ValueError("merge_evaluations needs at least one shard")
     first = parts[0]
     keys = [_outcome_key(outcome) for outcome in first.outcomes]
+    proofs = [(outcome.method, outcome.eps) for outcome in first.certified]
     for part in parts[1:]:
+        if [(outcome.method, outcome.eps) for outcome in part.certified] != proofs:
+            raise ValueError("shards of one evaluation must certify the same methods and budgets")
         if [_outcome_key(outcome) for outcome in part.outcomes] != keys or (
             part.num_classes,
             part.eps,
@@ -187,6 +190,14 @@ def merge_evaluations(
                 sum(piece.model_calls for piece in pieces),
             )
         )  # fmt: skip
+    certified = [
+        CertifiedOutcome(
+            template.method, template.eps,
+            torch.cat([part.certified[index].certified for part in parts]),
+            sum(part.certified[index].seconds for part in parts),
+        )
+        for index, template in enumerate(first.certified)
+    ]  # fmt: skip
     merged = Evaluation(
         points=sum(part.points for part in parts),
         num_classes=first.num_classes,
@@ -197,6 +208,7 @@ def merge_evaluations(
         outcomes=outcomes,
         skipped=list(first.skipped),
         adapted=list(first.adapted),
+        certified=certified,
     )
     if checks and all(part.checks is not None for part in parts):
         measured = [
@@ -245,6 +257,10 @@ def save_shard(
             {"protocol": outcome.protocol, "attack": outcome.spec.label, "eps": outcome.eps,
              "seconds": outcome.seconds, "model_calls": outcome.model_calls}
         )  # fmt: skip
+    proofs = []
+    for number, outcome in enumerate(evaluation.certified):
+        tensors[f"certified.{number}"] = outcome.certified.clone()
+        proofs.append({"method": outcome.method, "eps": outcome.eps, "seconds": outcome.seconds})
     record = {
         "format": _FORMAT,
         "fingerprint": fingerprint,
@@ -253,6 +269,7 @@ def save_shard(
         "points": evaluation.points,
         "num_classes": evaluation.num_classes,
         "outcomes": records,
+        "certified": proofs,
         "skipped": evaluation.skipped,
         "adapted": evaluation.adapted,
         "checks": evaluation.checks.as_dict() if evaluation.checks is not None else None,
@@ -303,6 +320,14 @@ def load_shard(
                     int(entry["model_calls"]),
                 )
             )  # fmt: skip
+        certified = []
+        for number, entry in enumerate(record.get("certified", [])):
+            proven = tensors[f"certified.{number}"]
+            if proven.shape != (points,):
+                return None
+            certified.append(
+                CertifiedOutcome(entry["method"], entry["eps"], proven, float(entry["seconds"]))
+            )
     except KeyError:  # an attack this evaluation does not run: not this evaluation's shard
         return None
     checks = record["checks"]
@@ -318,4 +343,5 @@ def load_shard(
         adapted=list(record["adapted"]),
         checks=SanityChecks(**checks) if checks is not None else None,
         seconds=float(record["seconds"]),
+        certified=certified,
     )

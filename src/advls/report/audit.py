@@ -26,6 +26,7 @@ from advls.report.audit_numbers import eps_text, flag_verdict, headline, percent
 from advls.report.audit_subject import AuditSubject
 from advls.report.audit_tables import (
     broken_points_table,
+    certified_table,
     checks_table,
     cost_table,
     minimal_table,
@@ -94,6 +95,7 @@ def audit_document(
             ),
             *_table_blocks(robust_table(evaluation), cell_class=_headline_cell(evaluation)),
             *_table_blocks(minimal_table(evaluation)),
+            *_certified_blocks(evaluation),
         ],
     )
     figure_note = TextBlock(["No attack ran, so there is nothing to plot."])
@@ -168,6 +170,23 @@ def audit_document(
         ),
     ]
     return Document(f"Robustness audit: {subject.name}", summary, sections)
+
+
+def _certified_blocks(evaluation: Evaluation) -> list[Any]:
+    """The bracket table, where certification ran."""
+    tables = certified_table(evaluation)
+    if not tables:
+        return []
+    text = TextBlock(
+        [
+            "Certified accuracy is proven: the bounds ("
+            + ", ".join(evaluation.certify_methods)
+            + ") show that no perturbation within ε changes those points' class. Each "
+            "robust accuracy therefore lies in the bracket [certified, attacked]: the truth "
+            "is at least what is proven and at most what the attacks left."
+        ]
+    )
+    return [text, *_table_blocks(tables)]
 
 
 def _headline_cell(evaluation: Evaluation) -> Any:

@@ -57,10 +57,37 @@ def _bounded_protocols(evaluation: Evaluation) -> list[str]:
     ]
 
 
+#: Line styles of the bound methods' certified accuracy, loosest first.
+_METHOD_STYLES = {"ibp": ":", "crown-ibp": "-.", "crown": "--"}
+
+
+def _draw_bracket(ax: Axes, evaluation: Evaluation, budgets: list[float], worst: list[float]):
+    """Each bound method's certified accuracy (dashed, from the clean accuracy at ε = 0) and
+    the bracket between the best proof and the worst case, shaded: the truth lies inside."""
+    certified = [eps for eps in budgets if any(o.eps == eps for o in evaluation.certified)]
+    if not certified:
+        return
+    clean = evaluation.clean_accuracy
+    for method in evaluation.certify_methods:
+        accuracy = [evaluation.certified_accuracy(eps, method) for eps in certified]
+        ax.plot(
+            [0.0, *certified], [clean, *accuracy], linestyle=_METHOD_STYLES.get(method, "--"),
+            color="tab:green", linewidth=1.4, label=f"certified: {method}", zorder=3,
+        )  # fmt: skip
+    proven = [evaluation.certified_accuracy(eps) for eps in certified]
+    attacked = [worst[budgets.index(eps)] for eps in certified]
+    ax.fill_between(
+        [0.0, *certified], [clean, *proven], [clean, *attacked], color="tab:green", alpha=0.15,
+        label="bracket [certified, attacked]", zorder=1,
+    )  # fmt: skip
+
+
 def plot_accuracy_against_eps(evaluation: Evaluation) -> Figure | None:
     """Robust accuracy against the budget: a panel per protocol, a line per attack and the
     protocol's per-example worst case in bold black, each from the clean accuracy at
-    ε = 0; minimal attacks get a panel of their accuracy at the L2 budgets.
+    ε = 0; with certification, each bound method's certified accuracy (dashed) and the
+    bracket [certified, attacked] shaded; minimal attacks get a panel of their accuracy at
+    the L2 budgets.
 
     None when no attack ran.
     """
@@ -89,6 +116,8 @@ def plot_accuracy_against_eps(evaluation: Evaluation) -> Figure | None:
             [0.0, *budgets], [clean, *worst], color="black", linewidth=4, alpha=0.45,
             label="worst case", zorder=2,
         )  # fmt: skip
+        if protocol.norm == "linf":
+            _draw_bracket(ax, evaluation, budgets, worst)
         cumulative = " (cumulative: a cascade)" if protocol.cascade else ""
         ax.set_title(f"{name}{cumulative}", fontsize="medium")
         ax.set_xlabel(_BUDGET_LABELS[protocol.norm])

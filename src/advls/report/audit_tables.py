@@ -14,6 +14,7 @@ from advls.report.audit_subject import AuditSubject
 
 __all__ = [
     "broken_points_table",
+    "certified_table",
     "checks_table",
     "cost_table",
     "evidence_text",
@@ -75,6 +76,28 @@ def robust_table(evaluation: Evaluation) -> dict[str, pd.DataFrame]:
         index = pd.MultiIndex.from_tuples(list(rows), names=["protocol", "attack"])
         tables[title] = pd.DataFrame(list(rows.values()), index=index, columns=_columns(budgets))
     return tables
+
+
+def certified_table(evaluation: Evaluation) -> dict[str, pd.DataFrame]:
+    """The bracket at each certified L-inf budget: certified accuracy per bound method and
+    by any of them (the proven lower end), then each protocol's worst case (the attacked
+    upper end); the true robust accuracy lies between the two."""
+    budgets = tuple(e for e in evaluation.eps if any(o.eps == e for o in evaluation.certified))
+    if not budgets:
+        return {}
+    rows: dict[tuple[str, str], list[float]] = {
+        ("certified", method): [evaluation.certified_accuracy(eps, method) for eps in budgets]
+        for method in evaluation.certify_methods
+    }
+    rows[("certified", "any method")] = [evaluation.certified_accuracy(eps) for eps in budgets]
+    for protocol in evaluation.protocols:
+        if protocol.norm == "linf":
+            rows[("attacked", f"{protocol.name} worst case")] = [
+                evaluation.worst_case(protocol.name, eps) for eps in budgets
+            ]
+    index = pd.MultiIndex.from_tuples(list(rows), names=["bound", "by"])
+    frame = pd.DataFrame(list(rows.values()), index=index, columns=_columns(budgets))
+    return {"Certified and attacked (L∞)": frame}
 
 
 def minimal_table(evaluation: Evaluation) -> dict[str, pd.DataFrame]:

@@ -29,6 +29,7 @@ from advls.report.figures import (
     plot_accuracy_vs_alpha,
     plot_accuracy_vs_eps,
     plot_audit,
+    plot_brackets,
     plot_setups_vs_alpha,
     save_figure,
 )
@@ -43,7 +44,13 @@ from advls.report.page import (
     render_markdown,
 )
 from advls.report.paper import read_paper_tables, side_by_side, write_side_by_side
-from advls.report.tables import audit_table, slug, tables_from_cells, write_tables
+from advls.report.tables import (
+    audit_table,
+    certified_column,
+    slug,
+    tables_from_cells,
+    write_tables,
+)
 from advls.store import Store
 from advls.sweep.export import results_table
 
@@ -363,8 +370,26 @@ def _figure_section(
     return section
 
 
-def _audit_section(audit: pd.DataFrame, writer: _Writer) -> Section:
+def _bracket_figure(section: Section, frame: pd.DataFrame, writer: _Writer, stem: str) -> None:
+    """The bracket figure of the certified runs in ``frame``, where any was certified."""
+    try:
+        figure = plot_brackets(frame)
+    except ValueError:
+        return
+    section.blocks.append(
+        writer.figure(
+            figure,
+            stem,
+            "Certified and attacked",
+            "Per certified run: each bound method's certified accuracy against ε (green) and "
+            "the attacked worst case (black); the truth lies in the shaded bracket.",
+        )
+    )
+
+
+def _audit_section(audit: pd.DataFrame, frame: pd.DataFrame, writer: _Writer) -> Section:
     section = Section("Audit: the paper's protocol against the strong one")
+    _bracket_figure(section, frame, writer, "brackets")
     if audit.empty:
         section.blocks.append(
             TextBlock(
@@ -449,6 +474,10 @@ def audited_models_table(frame: pd.DataFrame) -> pd.DataFrame:
     ]
     wide["clean"] = wide["run"].map(clean.set_index("run")["value"])
     wide["flags"] = [flags.get(run, "") for run in wide["run"]]
+    proven = certified_column(rows, wide)
+    if proven is not None:  # the bracket's lower end
+        wide["certified"] = proven
+        columns.insert(columns.index("flags"), "certified")
     table = wide[columns].sort_values(["name", "eps"], kind="stable").reset_index(drop=True)
     table.columns.name = None
     return table
@@ -480,12 +509,15 @@ def _audited_section(frame: pd.DataFrame, writer: _Writer, *, trained: bool) -> 
             table,
             caption="clean: accuracy on the evaluated points; one column per protocol: the "
             "worst case over its attacks at each budget ([0, 1] pixels); weights_sha256: the "
-            "first 12 digits of the weights' sha256; flags: gradient-masking checks raised.",
+            "first 12 digits of the weights' sha256; certified (where bounds ran): the share "
+            "proven robust by any bound method, the lower end of the bracket; flags: "
+            "gradient-masking checks raised.",
             files=files,
             cell_class=_audit_cells,
             collapsed=len(table) > 40,
         )
     )
+    _bracket_figure(section, frame, writer, "brackets-audited")
     return section
 
 
@@ -636,7 +668,7 @@ def build_report(
                 )
             )
             sections.append(_figure_section(trained, mappings, cells, writer))
-        sections.append(_audit_section(audit, writer))
+        sections.append(_audit_section(audit, trained, writer))
     if not audited.empty:
         sections.append(_audited_section(audited, writer, trained=not trained.empty))
     theory = _theory_section([Path(d) for d in theory_dirs], writer)

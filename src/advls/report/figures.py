@@ -28,6 +28,7 @@ __all__ = [
     "plot_accuracy_vs_alpha",
     "plot_accuracy_vs_eps",
     "plot_audit",
+    "plot_brackets",
     "plot_setups_vs_alpha",
     "save_figure",
 ]
@@ -39,6 +40,7 @@ BASELINE_STYLES: Mapping[str, dict[str, str]] = {
     "normal": {"color": "black", "linestyle": "--", "label": "normal"},
     "adv_training": {"color": "tab:purple", "linestyle": ":", "label": "adv. training (FGSM)"},
     "pgd_training": {"color": "tab:gray", "linestyle": "-.", "label": "adv. training (PGD)"},
+    "ibp_training": {"color": "tab:green", "linestyle": (0, (1, 3)), "label": "IBP training"},
 }
 ALPHA_LABEL = "α (smoothing strength)"
 ACCURACY_LABEL = "adversarial accuracy"
@@ -281,6 +283,60 @@ def _shade(colour: str, strength: float) -> tuple[float, float, float]:
     rgb = np.array(to_rgb(colour))
     mixed = 1 - strength * (1 - rgb)
     return float(mixed[0]), float(mixed[1]), float(mixed[2])
+
+
+#: Panels of the bracket figure: one per run, at most this many (the first by name).
+BRACKET_PANELS = 12
+#: Line styles of the bound methods, loosest first.
+CERTIFY_STYLES: Mapping[str, str] = {"ibp": ":", "crown-ibp": "-.", "crown": "--", "any": "-"}
+
+
+def plot_brackets(frame: pd.DataFrame) -> Figure:
+    """The bracket against the budget, per certified run: each bound method's certified
+    accuracy (green, a style per method) and the tightest attacked worst case of its
+    protocols (black), the gap between the best proof and the attacks shaded.
+
+    ``frame`` is a results table (:func:`advls.sweep.export.results_table`).
+
+    Raises:
+        ValueError: no run was certified.
+    """
+    proofs = frame[(frame["protocol"] == "certify") & (frame["metric"] == "certified_accuracy")]
+    if proofs.empty:
+        raise ValueError("no run was certified (evaluate.certify in the spec)")
+    worst = frame[(frame["attack"] == "worst_case") & (frame["metric"] == "robust_accuracy")]
+    names = proofs.drop_duplicates("run").set_index("run")["name"].sort_values(kind="stable")
+    runs = list(names.index[:BRACKET_PANELS])
+    columns = min(len(runs), 4)
+    rows = -(-len(runs) // columns)
+    figure = Figure(figsize=(4.0 * columns, 3.2 * rows), layout="constrained")
+    axes = list(figure.subplots(rows, columns, squeeze=False).flatten())
+    for spare in axes[len(runs) :]:
+        figure.delaxes(spare)
+    for ax, run in zip(axes, runs, strict=False):
+        mine = proofs[proofs["run"] == run]
+        attacked = worst[(worst["run"] == run) & worst["eps"].isin(set(mine["eps"]))]
+        tightest = attacked.groupby("eps")["value"].min().sort_index()
+        for method, rows_of in mine.groupby("attack", sort=False):
+            if method == "any":
+                continue
+            curve = rows_of.set_index("eps")["value"].sort_index()
+            style = CERTIFY_STYLES.get(str(method), "--")
+            ax.plot(curve.index, curve.to_numpy(), color="tab:green", marker=".",
+                    linestyle=style, label=f"certified: {method}")  # fmt: skip
+        ax.plot(tightest.index, tightest.to_numpy(), color="black", marker="o", markersize=3,
+                label="attacked (worst case)")  # fmt: skip
+        best = mine[mine["attack"] == "any"].set_index("eps")["value"].sort_index()
+        shared = best.index.intersection(tightest.index)
+        ax.fill_between(shared, best.loc[shared].to_numpy(), tightest.loc[shared].to_numpy(),
+                        color="tab:green", alpha=0.15, label="bracket")  # fmt: skip
+        ax.set_title(str(names[run]), fontsize="small")
+        ax.set_xlabel(EPS_LABEL, fontsize="small")
+        ax.set_ylabel("robust accuracy", fontsize="small")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    return figure
 
 
 def plot_audit(audit: pd.DataFrame, *, reference: str = "paper", audited: str = "strong") -> Figure:

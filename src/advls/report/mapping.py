@@ -49,9 +49,10 @@ SMOOTHING_METHODS: Mapping[str, str] = MappingProxyType(
 )
 
 #: Plain cross-entropy under each defence. The paper's baselines are ``normal`` and
-#: ``adv_training`` (Goodfellow FGSM training); PGD training is this project's stronger one.
+#: ``adv_training`` (Goodfellow FGSM training); PGD training is this project's stronger one,
+#: IBP training (Gowal et al.) its certified one.
 BASELINES: Mapping[str, str] = MappingProxyType(
-    {"none": "normal", "fgsm-at": "adv_training", "pgd-at": "pgd_training"}
+    {"none": "normal", "fgsm-at": "adv_training", "pgd-at": "pgd_training", "ibp": "ibp_training"}
 )
 
 #: Row order of the tables: the paper's, then ours.
@@ -63,6 +64,7 @@ METHOD_ORDER: tuple[str, ...] = (
     "normal",
     "adv_training",
     "pgd_training",
+    "ibp_training",
 )
 
 _KEYS = ("setups", "alpha", "eps", "eps_scale")

@@ -81,6 +81,8 @@ Block = TextBlock | TableBlock | FigureBlock | CodeBlock
 
 @dataclass
 class Section:
+    """A titled part of a page: its blocks in order, under an ``h2`` with an anchor."""
+
     title: str
     blocks: list[Block] = field(default_factory=list)
 
@@ -92,6 +94,8 @@ class Section:
 
 @dataclass
 class Document:
+    """A whole page: its title, the summary under it, and its sections."""
+
     title: str
     summary: TextBlock
     sections: list[Section]

@@ -69,6 +69,7 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the run finished without an error."""
         return self.error is None
 
 
@@ -121,6 +122,16 @@ def evaluation_results(evaluation: Evaluation) -> list[Result]:
             )
             for eps in evaluation.budgets(protocol)  # an L2 protocol's are its L2 budgets
         )
+    for proof in evaluation.certified:
+        rows.append(
+            Result(
+                "certify", proof.method, proof.eps, "certified_accuracy", proof.certified_accuracy
+            )
+        )
+    for eps in dict.fromkeys(proof.eps for proof in evaluation.certified):
+        rows.append(
+            Result("certify", "any", eps, "certified_accuracy", evaluation.certified_accuracy(eps))
+        )
     if evaluation.checks is not None:
         rows.extend(Result("audit", *record) for record in audit_records(evaluation.checks))
     rows.extend(
@@ -163,7 +174,7 @@ def _evaluate(
         "protocols": [entry.build() for entry in spec.protocols],
         "eps": plan["eps"], "l2_budgets": spec.l2_budgets, "smoothing": smoothing,
         "surrogate": surrogate, "batch_size": spec.batch_size, "device": device,
-        "seed": spec.seed, "checks": spec.checks,
+        "seed": spec.seed, "checks": spec.checks, "certify": tuple(spec.certify),
     }  # fmt: skip
     run_dir = Path(task.artifact_dir) / "runs" / task.key
     points, truth = images[: spec.n], labels[: spec.n]

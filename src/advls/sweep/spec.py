@@ -155,6 +155,7 @@ class ProtocolEntry(BaseModel):
         return value
 
     def build(self) -> Protocol:
+        """The named protocol with this entry's attacks left out and parameters changed."""
         protocol = get_protocol(self.name)
         if self.without:
             protocol = protocol.without(*self.without)
@@ -204,6 +205,9 @@ class EvaluateSpec(BaseModel):
     )
     shards: ShardSpec | None = Field(
         None, description="cut the evaluation into shards, kept as they finish"
+    )
+    certify: tuple[Literal["ibp", "crown-ibp", "crown"], ...] = Field(
+        (), description="bound methods: certified accuracy at every eps beside the attacks"
     )
 
     @field_validator("protocols", mode="before")
@@ -283,9 +287,12 @@ class SweepSpec(BaseModel):
 
 def _resolved_evaluation(evaluate: EvaluateSpec, eps: tuple[float, ...]) -> dict[str, Any]:
     """A run's evaluation as stored and hashed, with its budgets and protocols resolved."""
-    evaluation = evaluate.model_dump(mode="json", exclude={"eps", "protocols", "shards"})
-    if evaluate.shards is not None:  # absent otherwise: keys of unsharded runs stay as they were
+    evaluation = evaluate.model_dump(mode="json", exclude={"eps", "protocols", "shards", "certify"})
+    # Absent unless set, so that the keys of runs that use neither stay as they were.
+    if evaluate.shards is not None:
         evaluation["shards"] = evaluate.shards.model_dump(mode="json")
+    if evaluate.certify:
+        evaluation["certify"] = list(dict.fromkeys(evaluate.certify))
     evaluation["eps"] = list(eps)
     # The entry rebuilds the protocol; "resolved" records what it meant when it ran.
     evaluation["protocols"] = [
@@ -560,6 +567,9 @@ def canonical_train(values: Mapping[str, Any]) -> dict[str, Any]:
     elif config["defence"] == "fgsm-at":
         config["defence_steps"] = _CANONICAL.defence_steps
         config["defence_step_size"] = _CANONICAL.defence_step_size
+    elif config["defence"] == "ibp":  # bounds, not attacks: no mix, no PGD steps
+        for name in ("defence_beta", "defence_steps", "defence_step_size"):
+            config[name] = getattr(_CANONICAL, name)
     else:
         config["defence_beta"] = _CANONICAL.defence_beta
     if config["schedule"] != "step":
