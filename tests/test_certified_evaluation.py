@@ -20,6 +20,7 @@ from advls.cli import app
 from advls.evaluate import CHECKS, PROTOCOLS, Thresholds, evaluate, evaluate_sharded
 from advls.evaluate.results import CertifiedOutcome
 from advls.models import create
+from mlp_files import run_audit_sweep, save_as_user_files
 
 QUICK = PROTOCOLS["standard"]
 EPS = [0.005, 0.01, 0.03]
@@ -139,17 +140,11 @@ runner = CliRunner()
 def test_the_command_certifies_and_the_audit_page_shows_the_bracket(
     mnist, tmp_path: Path, real_data: Path, monkeypatch
 ) -> None:
-    from safetensors.torch import save_file
-
     model, _, _ = mnist
-    (tmp_path / "nets.py").write_text(
-        "from advls.models import create\n\n"
-        "def mlp():\n    return create('mlp', num_classes=10, input_shape=(1, 28, 28))\n"
-    )
-    save_file(model.state_dict(), tmp_path / "mlp.safetensors")
+    factory, weights = save_as_user_files(model, tmp_path)
     monkeypatch.setenv("ADVLS_DATA", str(real_data))
-    args = ["evaluate", "--model", f"{tmp_path / 'nets.py'}:mlp", "--weights",
-            str(tmp_path / "mlp.safetensors"), "--dataset", "mnist", "--n", "60",
+    args = ["evaluate", "--model", f"{factory}:mlp", "--weights", str(weights),
+            "--dataset", "mnist", "--n", "60",
             "--protocol", "standard", "--eps", "0.005,0.03", "--no-progress"]  # fmt: skip
     done = runner.invoke(app, [*args, "--certify", "ibp,crown", "--report", str(tmp_path / "a")])
     assert done.exit_code == 0, done.output
@@ -165,31 +160,14 @@ def test_the_command_certifies_and_the_audit_page_shows_the_bracket(
 def test_a_sweep_stores_the_bracket_and_its_report_draws_it(
     mnist, tmp_path: Path, real_data: Path, monkeypatch
 ) -> None:
-    import yaml
-    from safetensors.torch import save_file
-
     from advls.report.build import build_report
     from advls.store import Store
 
     model, _, _ = mnist
-    (tmp_path / "nets.py").write_text(
-        "from advls.models import create\n\n"
-        "def mlp():\n    return create('mlp', num_classes=10, input_shape=(1, 28, 28))\n"
-    )
-    save_file(model.state_dict(), tmp_path / "mlp.safetensors")
-    spec = {
-        "name": "certified-audit",
-        "model": {"factory": "nets.py:mlp", "weights": "mlp.safetensors", "dataset": "mnist"},
-        "evaluate": {"protocols": ["standard"], "eps": [0.005, 0.03], "n": 60,
-                     "certify": ["ibp", "crown"]},
-    }  # fmt: skip
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("ADVLS_DATA", str(real_data))
-    store = tmp_path / "results.db"
-    done = runner.invoke(
-        app, ["sweep", "run", str(tmp_path / "spec.yaml"), "--store", str(store), "--no-progress"]
-    )
-    assert done.exit_code == 0, done.output
+    evaluate_spec = {"protocols": ["standard"], "eps": [0.005, 0.03], "n": 60,
+                     "certify": ["ibp", "crown"]}  # fmt: skip
+    store = run_audit_sweep(model, tmp_path, "certified-audit", evaluate_spec)
     with Store(store) as results:
         files = build_report(results, tmp_path / "report")
         rows = [r for r in results.results() if r["protocol"] == "certify"]

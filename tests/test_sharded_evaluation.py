@@ -29,6 +29,7 @@ from advls.evaluate.shards import (
     shard_seed,
 )
 from advls.models import create
+from mlp_files import run_audit_sweep, save_as_user_files
 
 #: The strong protocol's shape (every kind of attack, random starts, Square's proposals) at
 #: a cost a default test run affords.
@@ -273,17 +274,11 @@ def test_bad_sharding_is_refused_and_writes_nothing(mnist, tmp_path, arguments, 
 def test_an_audit_shards_a_model_source_rebuilt_in_each_worker(mnist, tmp_path) -> None:
     """``audit(..., sharding=...)`` with a factory file: two spawned workers build the model
     from its source, and the result is the one-worker result."""
-    from safetensors.torch import save_file
-
-    model, images, labels = mnist
-    (tmp_path / "nets.py").write_text(
-        "from advls.models import create\n\n"
-        "def mlp():\n    return create('mlp', num_classes=10, input_shape=(1, 28, 28))\n"
-    )
-    save_file(model.state_dict(), tmp_path / "mlp.safetensors")
     from advls.external import ModelSource
 
-    source = ModelSource(f"{tmp_path / 'nets.py'}:mlp", {}, tmp_path / "mlp.safetensors")
+    model, images, labels = mnist
+    factory, weights = save_as_user_files(model, tmp_path)
+    source = ModelSource(f"{factory}:mlp", {}, weights)
     one = audit(source, (images, labels), sharding={"shard_size": 60}, **OPTIONS)
     two = audit(source, (images, labels), sharding={"shard_size": 60, "jobs": 2}, **OPTIONS)
     same_outcomes(one, two, exact=False)
@@ -404,30 +399,13 @@ def test_a_bad_shards_section_is_refused_naming_it(shards, message) -> None:
 def test_a_sweep_shards_an_audit_as_the_command_does_and_keeps_its_shards(
     mnist, tmp_path: Path, real_data: Path, monkeypatch
 ) -> None:
-    import yaml
-    from safetensors.torch import save_file
-
     from advls.store import Store
 
     model, images, labels = mnist
-    (tmp_path / "nets.py").write_text(
-        "from advls.models import create\n\n"
-        "def mlp():\n    return create('mlp', num_classes=10, input_shape=(1, 28, 28))\n"
-    )
-    save_file(model.state_dict(), tmp_path / "mlp.safetensors")
-    spec = {
-        "name": "sharded-audit",
-        "model": {"factory": "nets.py:mlp", "weights": "mlp.safetensors", "dataset": "mnist"},
-        "evaluate": {"protocols": ["standard"], "eps": [0.1, 0.3], "n": 120, "seed": 3,
-                     "batch_size": 40, "shards": {"size": 50}},
-    }  # fmt: skip
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("ADVLS_DATA", str(real_data))
-    store = tmp_path / "results.db"
-    done = runner.invoke(
-        app, ["sweep", "run", str(tmp_path / "spec.yaml"), "--store", str(store), "--no-progress"]
-    )
-    assert done.exit_code == 0, done.output
+    evaluate_spec = {"protocols": ["standard"], "eps": [0.1, 0.3], "n": 120, "seed": 3,
+                     "batch_size": 40, "shards": {"size": 50}}  # fmt: skip
+    store = run_audit_sweep(model, tmp_path, "sharded-audit", evaluate_spec)
     direct = evaluate_sharded(
         model, images, labels, protocols=["standard"], eps=[0.1, 0.3], batch_size=40,
         shard_size=50, seed=3,
