@@ -139,7 +139,9 @@ def reproduce(
     GPU), paper-svhn (needs SVHN's train_32x32.mat and test_32x32.mat in the
     data directory). The -audit suites evaluate the models of paper-mnist and
     paper-cifar-lenet under the strong protocol too: run them with --out
-    pointing at that suite's folder to reuse its checkpoints.
+    pointing at that suite's folder to reuse its checkpoints. certified-study
+    brackets smoothed, PGD- and IBP-trained MNIST models between certified and
+    attacked accuracy (several hours on 2 cores).
 
     Example: advls reproduce mnist-quick --jobs 2
     """
