@@ -10,17 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from advls import data
 from advls.certify import certified
 from advls.cli import app
 from advls.evaluate import CHECKS, PROTOCOLS, Thresholds, evaluate, evaluate_sharded
 from advls.evaluate.results import CertifiedOutcome
-from advls.models import create
-from mlp_files import run_audit_sweep, save_as_user_files
+from mlp_files import run_audit_sweep, save_as_user_files, trained_mlp
 
 QUICK = PROTOCOLS["standard"]
 EPS = [0.005, 0.01, 0.03]
@@ -30,18 +27,7 @@ OPTIONS = {"protocols": [QUICK], "eps": EPS, "batch_size": 50}
 @pytest.fixture(scope="module")
 def mnist(real_data: Path) -> tuple[nn.Module, Tensor, Tensor]:
     """An MLP trained briefly on real MNIST, and 100 test points."""
-    torch.manual_seed(0)
-    train, test = data.load("mnist", "train", real_data), data.load("mnist", "test", real_data)
-    net = create("mlp", num_classes=10, input_shape=(1, 28, 28))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    x = train.images.float() / 255
-    for _ in range(150):
-        batch = torch.randint(0, len(x), (128,), generator=generator)
-        optimizer.zero_grad()
-        F.cross_entropy(net(x[batch]), train.labels[batch].long()).backward()
-        optimizer.step()
-    return net.eval(), test.images[:100], test.labels[:100].long()
+    return trained_mlp(real_data, 100)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from advls import attacks, certify
 from advls import data as datasets
 from advls.certify import crown, graph, ibp
 from advls.models import Normalize, create, max_pool_2x2
+from random_networks import randomly_initialised
 
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 THOROUGH = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,26 +29,6 @@ SAMPLES = 10_000  # points per drawn model, over all its inputs
 
 
 # --------------------------------------------------------------------------- models
-def _init(model: nn.Module, seed: int) -> nn.Module:
-    """Weights scaled by fan-in and random batch-norm statistics, from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear | nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
-                module.weight.mul_(1.5 / math.sqrt(fan_in))
-                if module.bias is not None:
-                    module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
-                size = module.num_features
-                module.running_mean.copy_(0.3 * torch.randn(size, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(size, generator=generator))
-                module.weight.copy_(1 + 0.5 * torch.randn(size, generator=generator))
-                module.bias.copy_(0.2 * torch.randn(size, generator=generator))
-    return model.eval()
-
-
 def mlp(inputs: int, hidden: tuple[int, ...], classes: int, *, norm: bool, seed: int) -> nn.Module:
     layers: list[nn.Module] = [nn.Flatten()]
     width = inputs
@@ -58,7 +39,7 @@ def mlp(inputs: int, hidden: tuple[int, ...], classes: int, *, norm: bool, seed:
         layers += [nn.ReLU(), nn.Dropout(0.3)]
         width = size
     layers.append(nn.Linear(width, classes))
-    return _init(nn.Sequential(*layers), seed)
+    return randomly_initialised(nn.Sequential(*layers), seed)
 
 
 def cnn(channels: int, side: int, classes: int, *, variant: int, seed: int) -> nn.Module:
@@ -91,7 +72,7 @@ def cnn(channels: int, side: int, classes: int, *, variant: int, seed: int) -> n
     model = nn.Sequential(
         features, nn.Linear(width, 6), nn.ReLU(), nn.Dropout(0.2), nn.Linear(6, classes)
     )
-    return _init(model, seed)
+    return randomly_initialised(model, seed)
 
 
 class Functional(nn.Module):
@@ -131,7 +112,7 @@ def networks(draw: st.DrawFn) -> tuple[nn.Module, tuple[int, ...]]:
         variant = draw(st.integers(0, 8))
         return cnn(channels, side, classes, variant=variant, seed=seed), (channels, side, side)
     side = side // 4 * 4
-    return _init(Functional(channels, side, classes), seed), (channels, side, side)
+    return randomly_initialised(Functional(channels, side, classes), seed), (channels, side, side)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -414,7 +395,7 @@ def _widths(model: nn.Module, x: Tensor, eps: float) -> dict[str, float]:
         (mlp(16, (10, 8, 6), 3, norm=True, seed=2), (1, 4, 4)),
         (cnn(1, 8, 3, variant=0, seed=3), (1, 8, 8)),
         (cnn(2, 7, 4, variant=1, seed=4), (2, 7, 7)),
-        (_init(Functional(1, 8, 3), 5), (1, 8, 8)),
+        (randomly_initialised(Functional(1, 8, 3), 5), (1, 8, 8)),
     ],
     ids=["mlp", "mlp-bn", "cnn", "cnn-ceil", "functional"],
 )

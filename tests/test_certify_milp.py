@@ -23,24 +23,13 @@ from scipy.sparse import coo_matrix
 from torch import nn
 
 from advls import certify
+from random_networks import randomly_initialised
 
 EPSILONS = (0.02, 0.05, 0.15, 0.3)
 POINTS = 8
 
 
 # --------------------------------------------------------------------------- the networks
-def _init(model: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Linear | nn.Conv2d):
-                fan_in = module.weight[0].numel()
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator))
-                module.weight.mul_(1.5 / math.sqrt(fan_in))
-                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-    return model.eval()
-
-
 def _mlp(*widths: int) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
     for inputs, outputs in itertools.pairwise(widths):
@@ -197,7 +186,7 @@ def _encode(
 def test_every_bound_is_below_the_exact_minimum_margin() -> None:
     gaps: dict[tuple[str, float], dict[str, list[float]]] = {}
     for name, (shape, build) in NETWORKS.items():
-        model = _init(build(), seed=len(name))
+        model = randomly_initialised(build(), seed=len(name))
         layers = _layers(model, shape)
         double = build().double().eval()
         double.load_state_dict({k: v.double() for k, v in model.state_dict().items()})

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from advls import data
 from advls.audit import audit
 from advls.cli import app
 from advls.evaluate import PROTOCOLS, Evaluation, evaluate, evaluate_sharded
@@ -29,7 +27,7 @@ from advls.evaluate.shards import (
     shard_seed,
 )
 from advls.models import create
-from mlp_files import run_audit_sweep, save_as_user_files
+from mlp_files import run_audit_sweep, save_as_user_files, trained_mlp
 
 #: The strong protocol's shape (every kind of attack, random starts, Square's proposals) at
 #: a cost a default test run affords.
@@ -49,19 +47,8 @@ OPTIONS = {"protocols": [CHEAP_STRONG], "eps": [0.1, 0.3], "batch_size": 40}
 
 @pytest.fixture(scope="module")
 def mnist(real_data: Path) -> tuple[nn.Module, Tensor, Tensor]:
-    """An MLP trained briefly on real MNIST (about 90% clean), and 120 test points."""
-    torch.manual_seed(0)
-    train, test = data.load("mnist", "train", real_data), data.load("mnist", "test", real_data)
-    net = create("mlp", num_classes=10, input_shape=(1, 28, 28))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    x = train.images.float() / 255
-    for _ in range(150):
-        batch = torch.randint(0, len(x), (128,), generator=generator)
-        optimizer.zero_grad()
-        F.cross_entropy(net(x[batch]), train.labels[batch].long()).backward()
-        optimizer.step()
-    return net.eval(), test.images[:120], test.labels[:120].long()
+    """An MLP trained briefly on real MNIST, and 120 test points."""
+    return trained_mlp(real_data, 120)
 
 
 def same_outcomes(a: Evaluation, b: Evaluation, *, exact: bool = True) -> None:
