@@ -65,6 +65,39 @@ def test_other_schema_version_and_foreign_files_are_refused(tmp_path):
         Store(tmp_path / "no" / "such" / "dir.db")
 
 
+_COUNT_DONE = (
+    "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+    "print(db.execute(\"SELECT count(*) FROM runs WHERE status='done'\").fetchone()[0]); "
+    "db.close()"
+)
+
+
+def _done_seen_by_another_process(path) -> int:
+    """Runs done as a reader in another process sees them; it opens and closes the store."""
+    reader = [sys.executable, "-c", _COUNT_DONE, str(path)]
+    return int(subprocess.run(reader, capture_output=True, text=True, check=True).stdout)
+
+
+def test_a_reader_elsewhere_loses_no_commit_of_a_process_with_two_stores_open(tmp_path):
+    """A sweep driver holds two stores of one file (its heartbeat has its own). A reader in
+    another process (`advls sweep status`, sqlite3) closing the file must not take itself for
+    its last user and checkpoint and delete the WAL under the driver: that happened when
+    opening the second store read the file's header with open(), whose close dropped every
+    POSIX lock of the process, and every later commit of the driver was lost."""
+    path = tmp_path / "results.db"
+    with Store(path) as driver, Store(path, create=False) as heartbeat:
+        driver.add_runs("s", runs(3))
+        assert _done_seen_by_another_process(path) == 0
+        for expected in (1, 2):
+            (claim,) = driver.claim(1)
+            driver.complete(claim.key, rows_for(claim.key))
+            heartbeat.heartbeat()
+            assert _done_seen_by_another_process(path) == expected
+        assert path.with_name(path.name + "-wal").exists()  # still the driver's
+    with Store(path, create=False) as reopened:
+        assert reopened.counts()["done"] == 2
+
+
 def test_add_runs_is_idempotent_and_keeps_status(store):
     assert store.add_runs("a", runs(3)) == 3
     (claim,) = store.claim(1)

@@ -285,14 +285,24 @@ class Store:
                 f"{path} is empty (0 bytes): a truncated store, not a new one; restore it "
                 "from a copy, or remove it to start a new store"
             )
-        try:
-            with open(path, "rb") as handle:
-                magic = handle.read(len(_MAGIC))
-        except OSError as error:
-            raise StoreError(f"cannot read {path}: {error.strerror}") from None
-        if magic != _MAGIC:
-            raise StoreError(f"{path} is not a usable SQLite store: not an SQLite database file")
+        if not os.access(path, os.R_OK):
+            raise StoreError(f"cannot read {path}: permission denied")
+        # Not read here with open(): closing any descriptor of a file drops every POSIX lock
+        # this process holds on it, the SQLite connections' included (a driver's heartbeat
+        # opens a second store). Another process would then take itself for the last user,
+        # checkpoint and delete the WAL under this one, and every later commit of this
+        # process would go to the deleted file, lost. SQLite itself refuses a file that is
+        # no database; only then is the header read, to say which it is (_verify).
         return True
+
+    def _foreign_file(self) -> bool:
+        """Whether the file lacks SQLite's header. Read only once SQLite has refused the file:
+        no connection of this process can hold a lock on a file it could not open."""
+        try:
+            with open(self.path, "rb") as handle:
+                return handle.read(len(_MAGIC)) != _MAGIC
+        except OSError:
+            return False
 
     def _uri(self, exists: bool) -> str:
         """The file as an SQLite URI: read-only, read-write, or created (never implicitly)."""
@@ -311,6 +321,10 @@ class Store:
         try:
             rows = self._db.execute("PRAGMA quick_check").fetchall()
         except sqlite3.DatabaseError as error:
+            if self._foreign_file():
+                raise StoreError(
+                    f"{self.path} is not a usable SQLite store: not an SQLite database file"
+                ) from None
             raise _damaged(self.path, str(error)) from None
         problems = [row[0] for row in rows if row[0] != "ok"]
         if problems:
