@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from advls import attacks, certify
 from advls import data as datasets
 from advls.certify import crown, graph, ibp
+from advls.certify.sampling import box_samples
 from advls.models import Normalize, create, max_pool_2x2
 from random_networks import randomly_initialised
 
@@ -120,23 +121,6 @@ def _box(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
 
 
-def _samples(model: nn.Module, x: Tensor, y: Tensor, eps: float, seed: int) -> Tensor:
-    """``(N, M, ...)`` points of each box: uniform, random vertices, and PGD's (CE, margin)."""
-    generator = torch.Generator().manual_seed(seed)
-    lower, upper = _box(x, eps)
-    n = x.shape[0]
-    each = SAMPLES // n
-    uniform = torch.rand((n, each * 4 // 5, *x.shape[1:]), generator=generator)
-    uniform = lower.unsqueeze(1) + (upper - lower).unsqueeze(1) * uniform
-    corners = torch.rand((n, each // 5, *x.shape[1:]), generator=generator) < 0.5
-    corners = torch.where(corners, upper.unsqueeze(1), lower.unsqueeze(1))
-    found = [
-        attacks.pgd(model, x, y, eps=eps, steps=20, restarts=2, loss=loss, seed=seed).x_adv
-        for loss in ("ce", "margin")
-    ]
-    return torch.cat([uniform, corners, torch.stack(found, dim=1)], dim=1)
-
-
 def _logits(model: nn.Module, points: Tensor) -> Tensor:
     with torch.no_grad():
         return model(points.flatten(0, 1)).view(*points.shape[:2], -1).double()
@@ -171,12 +155,24 @@ def test_no_sampled_or_attacked_point_leaves_the_bounds(
     with torch.no_grad():
         classes = model(x).shape[1]
     y = torch.randint(0, classes, (2,), generator=torch.Generator().manual_seed(seed))
-    points = _samples(model, x, y, eps, seed)
+    _assert_sound(model, x, y, eps, box_samples(model, x, y, eps, SAMPLES // len(x), seed=seed))
+
+
+def _assert_sound(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    points: Tensor,
+    methods: tuple[str, ...] = certify.METHODS,
+) -> None:
+    """Every point of ``points`` (``(N, M, ...)``) lies in its box, and every logit and
+    margin it takes lies within each method's bounds."""
     lower_box, upper_box = _box(x, eps)
     assert (points >= lower_box.unsqueeze(1)).all() and (points <= upper_box.unsqueeze(1)).all()
     z = _logits(model, points)  # (N, M, K)
     margins = z.gather(2, y.view(-1, 1, 1).expand(-1, z.shape[1], 1)) - z
-    for method in certify.METHODS:
+    for method in methods:
         low, high = certify.logit_bounds(model, x, eps, method)
         bound = certify.margin_bounds(model, x, y, eps, method)
         tol = _tolerance(low, high, bound, z)
@@ -496,7 +492,8 @@ def test_a_misclassified_point_is_never_certified() -> None:
 @pytest.mark.slow
 def test_on_real_mnist_certificates_bracket_attacks(real_data: Path) -> None:
     """A briefly trained LeNet-MNIST: certified <= attacked accuracy, no certified point broken,
-    and the methods order as they should (full CROWN on a subset: it is the expensive one)."""
+    the methods order as they should (full CROWN on a subset: it is the expensive one), and
+    10^4 sampled, vertex and PGD points per budget stay inside every method's bounds."""
     from advls.train import TrainConfig, train
 
     config = TrainConfig(
@@ -517,6 +514,11 @@ def test_on_real_mnist_certificates_bracket_attacks(real_data: Path) -> None:
     assert rates["ibp"] <= rates["crown-ibp"]
     assert (accuracy["crown"] >= accuracy["crown-ibp"][:30]).all()
     assert rates["crown-ibp"] > 0.3
+    # The sampled soundness check on the trained model: 10^4 points at each budget.
+    for budget in (0.01, 0.1):
+        points = box_samples(model, x[:10], y[:10], budget, 1000, seed=1)
+        _assert_sound(model, x[:10], y[:10], budget, points, ("ibp", "crown-ibp"))
+        _assert_sound(model, x[:2], y[:2], budget, points[:2], ("crown",))
 
 
 # --------------------------------------------------------------------------- the contract
@@ -547,6 +549,32 @@ def test_bad_arguments_are_refused_by_name(kwargs: dict, message: str) -> None:
     ):
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
             call()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"count": 2}, "count must be an integer of at least 3"),
+     ({"count": 10.0}, "count must be an integer"),
+     ({"count": 10, "vertex_share": 1.5}, "vertex_share must lie in")],
+)  # fmt: skip
+def test_box_samples_refuses_bad_arguments_by_name(kwargs: dict, message: str) -> None:
+    model, x, y = _toy()
+    with pytest.raises(ValueError, match=message):
+        box_samples(model, x, y, 0.1, **kwargs)
+
+
+def test_box_samples_mix_uniform_points_vertices_and_pgd() -> None:
+    """The shares asked for: vertices at a box end in every pixel, the uniform points almost
+    never, and the last two points PGD's own (the same seed gives the same points)."""
+    model, x, y = _toy()
+    points = box_samples(model, x, y, 0.1, 52, seed=3, vertex_share=0.2)
+    lower, upper = _box(x, 0.1)
+    at_end = (points == lower.unsqueeze(1)) | (points == upper.unsqueeze(1))
+    per_point = at_end.flatten(2).all(2)  # (N, M): every pixel at an end of the box
+    assert per_point[:, 40:50].all() and not per_point[:, :40].any()
+    pgd = attacks.pgd(model, x, y, eps=0.1, steps=20, restarts=2, loss="margin", seed=3).x_adv
+    assert torch.equal(points[:, -1], pgd)
+    assert torch.equal(points, box_samples(model, x, y, 0.1, 52, seed=3, vertex_share=0.2))
 
 
 def test_bad_inputs_and_labels_are_refused_by_name() -> None:
