@@ -78,6 +78,12 @@ def ratio_stats(ours: Sequence[float], reference: Sequence[float]) -> dict[str, 
     return {"median": statistics.median(ratios), "q1": q1, "q3": q3}
 
 
+def ratio_fields(ours: Sequence[float], reference: Sequence[float]) -> dict[str, float]:
+    """:func:`ratio_stats` as a result's ``ratio``, ``ratio_q1`` and ``ratio_q3`` fields."""
+    stats = ratio_stats(ours, reference)
+    return {"ratio": stats["median"], "ratio_q1": stats["q1"], "ratio_q3": stats["q3"]}
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -163,6 +163,30 @@ def state(model: nn.Module) -> dict[str, Tensor]:
 
 
 # --------------------------------------------------------------------------- the contract
+def check_result(
+    result, model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str | None, l2_atol=1e-6
+) -> None:
+    """What an attack returns: points in [0, 1] (and in the ``norm`` ball of ``eps`` when it
+    is bounded), norms that match them, and success that equals re-predicting them (the
+    model is left in eval mode)."""
+    x_adv = result.x_adv
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and x_adv.device == x.device
+    assert not x_adv.requires_grad
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+    delta = (x_adv - x).flatten(1)
+    torch.testing.assert_close(result.l2, delta.norm(dim=1), atol=l2_atol, rtol=0)
+    torch.testing.assert_close(result.linf, delta.abs().amax(dim=1), atol=1e-6, rtol=0)
+    if norm == "linf":
+        assert float(result.linf.max()) <= eps + 1e-6
+    elif norm == "l2":
+        assert float(result.l2.max()) <= eps + 1e-5
+    model.eval()
+    with torch.no_grad():
+        expected = model(x_adv).argmax(dim=1) != y
+    assert result.success.dtype == torch.bool
+    assert torch.equal(result.success, expected)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @FAST
 @given(
@@ -191,24 +215,7 @@ def test_contract(case: str, seed: int, n: int, kind: str, eps: float) -> None:
     after = state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
-    x_adv = result.x_adv
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
-    assert not x_adv.requires_grad
-    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-    delta = (x_adv - x).flatten(1)
-    torch.testing.assert_close(result.l2, delta.norm(dim=1), atol=1e-6, rtol=0)
-    torch.testing.assert_close(result.linf, delta.abs().amax(dim=1), atol=1e-6, rtol=0)
-    norm = CASES[case][2]
-    if norm == "linf":
-        assert float(result.linf.max()) <= eps + 1e-6
-    elif norm == "l2":
-        assert float(result.l2.max()) <= eps + 1e-5
-
-    model.eval()
-    with torch.no_grad():
-        expected = model(x_adv).argmax(dim=1) != y
-    assert result.success.dtype == torch.bool
-    assert torch.equal(result.success, expected)
+    check_result(result, model, x, y, eps, CASES[case][2])
     # At least the clean forward pass (attacks that read the logits they return need no more).
     assert isinstance(result.model_calls, int) and result.model_calls >= 1
 

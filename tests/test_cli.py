@@ -101,6 +101,17 @@ def test_the_cli_and_its_help_load_no_torch_matplotlib_or_pandas(code: str) -> N
     assert _loaded_by(code) == "[]"
 
 
+def test_python_dash_m_advls_is_the_advls_command() -> None:
+    """Where no console script is installed (a PYTHONPATH checkout, a GPU image), ``python -m
+    advls`` runs the same CLI under the same name."""
+    done = subprocess.run(
+        [sys.executable, "-m", "advls", "sweep", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Usage: advls sweep" in " ".join(done.stdout.split())
+
+
 def test_the_probe_sees_what_is_loaded() -> None:
     assert _loaded_by(_running(["train", "--help"])) == "['torch']"  # train reads TrainConfig
 
