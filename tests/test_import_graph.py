@@ -43,7 +43,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"evaluate", "theory"}),
     frozenset({"sweep", "store", "suites"}),
     frozenset({"report", "reproduce", "audit"}),
-    frozenset({"cli"}),
+    frozenset({"cli", "__main__"}),
 )
 
 
