@@ -4,7 +4,8 @@
 # --device cuda`. Everything it writes lands in $OUT (default runs/gpu-out): the test log, the
 # benchmark's JSON, and the slice's report, store and evaluations as one archive.
 #
-# What it needs beside the working tree, prepared on the CPU machine (both git-ignored):
+# What it needs beside the working tree, prepared on the CPU machine by
+# scripts/gpu_prepare.sh (both git-ignored):
 #   .whl/      wheels of the packages the GPU image lacks (pydantic and its parts, typer,
 #              click, torchattacks), installed into /tmp/site;
 #   .gpudata/  cifar10/cifar10_train_first14000_uint8_hwc.npz (the first 14000 training
