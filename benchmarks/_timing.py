@@ -84,6 +84,11 @@ def ratio_fields(ours: Sequence[float], reference: Sequence[float]) -> dict[str,
     return {"ratio": stats["median"], "ratio_q1": stats["q1"], "ratio_q3": stats["q3"]}
 
 
+def ratio_text(fields: Mapping[str, float]) -> str:
+    """:func:`ratio_fields` for a log line: ``median [q1, q3]``."""
+    return f"{fields['ratio']:.3f} [{fields['ratio_q1']:.3f}, {fields['ratio_q3']:.3f}]"
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 

@@ -32,7 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from _timing import add_common_args, emit, interleaved, log, machine_info, median, ratio_fields
+from _timing import (
+    add_common_args,
+    emit,
+    interleaved,
+    log,
+    machine_info,
+    median,
+    ratio_fields,
+    ratio_text,
+)
 from advls import attacks
 from advls.data.registry import REGISTRY
 from advls.losses import SmoothedCrossEntropy
@@ -112,8 +121,7 @@ def bench_training(args: argparse.Namespace, device: torch.device) -> dict[str, 
     }
     log(
         f"  training  CE {entry['ce_images_per_s']:.0f} img/s  ALS "
-        f"{entry['als_images_per_s']:.0f} img/s  ratio {ratio['ratio']:.3f} "
-        f"[{ratio['ratio_q1']:.3f}, {ratio['ratio_q3']:.3f}]"
+        f"{entry['als_images_per_s']:.0f} img/s  ratio {ratio_text(ratio)}"
     )
     return entry
 
@@ -169,7 +177,7 @@ def bench_attacks(args: argparse.Namespace, device: torch.device) -> dict[str, o
         log(
             f"  {name:9s} ours {results[name]['ours_images_per_s']:.0f} img/s  torchattacks "
             f"{results[name]['torchattacks_images_per_s']:.0f} img/s  ratio "
-            f"{ratio['ratio']:.3f} [{ratio['ratio_q1']:.3f}, {ratio['ratio_q3']:.3f}]"
+            f"{ratio_text(ratio)}"
         )
 
     low, high = (x - EPS).clamp(min=0.0), (x + EPS).clamp(max=1.0)
@@ -194,10 +202,7 @@ def bench_attacks(args: argparse.Namespace, device: torch.device) -> dict[str, o
         "threshold": None,
         "pass": True,
     }
-    log(
-        f"  pgd-10/floor ratio {ratio['ratio']:.3f} "
-        f"[{ratio['ratio_q1']:.3f}, {ratio['ratio_q3']:.3f}]"
-    )
+    log(f"  pgd-10/floor ratio {ratio_text(ratio)}")
     return results
 
 
