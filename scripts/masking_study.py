@@ -6,17 +6,18 @@ PGD-trained reference, then evaluates every model under the paper protocol (FGSM
 the model's own loss; CW is left out: it gives no L-inf accuracy), the strong protocol and
 ``autoattack``, and writes the tables and the raised flags. Finished trainings and
 evaluations are reused, so an interrupted study resumes; ``--models`` limits the study to
-some of its models.
+some of its models. The test points are evaluated in chunks (``--chunk``), each cached on
+its own, so that two processes can share a model's chunks and a killed study loses at most
+one; every accuracy is a mean over points, so the whole's is the chunks' weighted by size.
 
     ADVLS_DATA=../shared/data python scripts/masking_study.py --runs runs/masking --n 1000 \
-        [--models ce,adversarial-0.1,standard-0.5]
+        [--chunk 500] [--models ce,adversarial-0.1,standard-0.5]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -42,6 +43,8 @@ PROTOCOL_NAMES = ("paper", "strong", "autoattack")
 #: The evaluations' cache names carry the protocol set, so a change of set evaluates afresh.
 CACHE_TAG = "-".join(PROTOCOL_NAMES)
 STRONG_ATTACKS = tuple(spec.label for spec in PROTOCOLS["strong"].attacks)
+#: The masking checks' measurements the tables show: shares, which average over chunks.
+SHARES = ("zero_gradient_fraction", "large_eps_accuracy", "unbounded_success_rate")
 SHORT = {"adversarial": "ALS", "standard": "SLS", "boltzmann": "BLS", "second_best": "SBLS"}
 
 
@@ -56,8 +59,9 @@ def _train(run: Path, overrides: dict) -> None:
     train(config, run, device="cpu", progress=False)
 
 
-def _evaluate(run: Path, twin: Path, points: int) -> dict:
-    cached = run / f"evaluation-{points}-{CACHE_TAG}.json"
+def _evaluate(run: Path, twin: Path, points: int, offset: int = 0) -> dict:
+    start = f"{offset}+" if offset else ""
+    cached = run / f"evaluation-{start}{points}-{CACHE_TAG}.json"
     if cached.exists():
         return json.loads(cached.read_text())
     model, meta = load_model(run)
@@ -65,8 +69,8 @@ def _evaluate(run: Path, twin: Path, points: int) -> dict:
     test = datasets.load("mnist", "test")
     result = evaluate(
         model,
-        test.images[:points],
-        test.labels[:points],
+        test.images[offset : offset + points],
+        test.labels[offset : offset + points],
         protocols=[PROTOCOLS["paper"].without("cw-l2"), "strong", "autoattack"],
         eps=EPS,
         smoothing=training_smoothing(meta["config"]),
@@ -76,6 +80,56 @@ def _evaluate(run: Path, twin: Path, points: int) -> dict:
     payload["markdown"] = format_markdown(result, title=str(run))
     cached.write_text(json.dumps(payload, indent=2))
     return payload
+
+
+def _weighted(values: list, sizes: list[int]) -> float | None:
+    if any(value is None for value in values):
+        return None
+    return sum(value * size for value, size in zip(values, sizes, strict=True)) / sum(sizes)
+
+
+def _combine(parts: list[dict], sizes: list[int]) -> dict:
+    """One payload from the evaluations of consecutive chunks of the test points.
+
+    Accuracies and the checks' shares are the chunks' weighted by their sizes (exact for the
+    accuracies: each is a mean over points). A flag counts as raised where any chunk raised
+    it, with that chunk's message and evidence.
+    """
+    first = parts[0]
+    for part in parts[1:]:
+        for rows in ("worst_case", "results"):
+            keys = [(r["protocol"], r.get("attack", ""), r["eps"]) for r in part[rows]]
+            if keys != [(r["protocol"], r.get("attack", ""), r["eps"]) for r in first[rows]]:
+                raise ValueError(
+                    "the chunks of one model must evaluate the same attacks and budgets"
+                )
+
+    def rows(name: str) -> list[dict]:
+        return [
+            {
+                **row,
+                "robust_accuracy": _weighted([p[name][i]["robust_accuracy"] for p in parts], sizes),
+            }
+            for i, row in enumerate(first[name])
+        ]
+
+    flags: dict[str, dict] = {}
+    for part in parts:
+        for flag in part["flags"]:
+            # The first chunk that raised it, else the first chunk's (clear) flag.
+            if not flags.get(flag["name"], {}).get("raised", False) and (
+                flag["raised"] or flag["name"] not in flags
+            ):
+                flags[flag["name"]] = flag
+    return {
+        "clean_accuracy": _weighted([p["clean_accuracy"] for p in parts], sizes),
+        "worst_case": rows("worst_case"),
+        "results": rows("results"),
+        # The shares the tables show; the counts of one chunk do not average.
+        "checks": {key: _weighted([p["checks"][key] for p in parts], sizes) for key in SHARES},
+        "flags": list(flags.values()),
+        "seconds": sum(p.get("seconds", 0.0) for p in parts),
+    }
 
 
 def _worst(payload: dict, protocol: str, eps: float) -> float:
@@ -95,8 +149,8 @@ def _accuracy(payload: dict, attack: str, eps: float) -> float | None:
 
 def _tables(results: dict[str, dict], points: int, seconds: dict[str, float]) -> str:
     lines = [
-        f"Real MNIST, lenet-mnist, first {points} test images. `paper`: FGSM and BIM-100 on the "
-        "model's own training loss; `strong`: per-example worst case over "
+        f"Real MNIST, lenet-mnist, first {points} test images. `paper`: "
+        "FGSM and BIM-100 on the model's own training loss; `strong`: per-example worst case over "
         + ", ".join(f"`{label}`" for label in STRONG_ATTACKS)
         + " (every attack on every point); `autoattack`: AutoAttack's standard version "
         "(APGD-CE, APGD-T, FAB-T, Square 5000, each on the points the earlier left robust).",
@@ -135,7 +189,12 @@ def _tables(results: dict[str, dict], points: int, seconds: dict[str, float]) ->
                 + " | ".join("–" if c is None else f"{c:.3f}" for c in cells)
                 + f" | {_worst(payload, 'strong', eps):.3f} |"
             )
-    lines += ["", "Flags with their evidence:", ""]
+    lines += [
+        "",
+        "Flags with their evidence (a flag raised on any chunk of the test points, with the "
+        "evidence of the first chunk that raised it; the shares and seconds are the whole's):",
+        "",
+    ]
     for name, payload in results.items():
         checks = payload["checks"]
         lines.append(
@@ -154,7 +213,8 @@ def _tables(results: dict[str, dict], points: int, seconds: dict[str, float]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/masking"))
-    parser.add_argument("--n", type=int, default=1000, help="test points")
+    parser.add_argument("--n", type=int, default=1000, help="test points (the first n)")
+    parser.add_argument("--chunk", type=int, default=500, help="test points per cached chunk")
     parser.add_argument("--out", type=Path, default=Path("docs/results/masking_tables.md"))
     parser.add_argument(
         "--models", default=",".join(MODELS), help="comma-separated run names (default: all)"
@@ -170,13 +230,13 @@ def main() -> None:
     for run_name, overrides in ((name, MODELS[name]) for name in chosen):
         run = args.runs / run_name
         _train(run, overrides)
-        started = time.perf_counter()
-        payload = _evaluate(run, twin, args.n)
+        chunks = [
+            (start, min(args.chunk, args.n - start)) for start in range(0, args.n, args.chunk)
+        ]
+        parts = [_evaluate(run, twin, size, start) for start, size in chunks]
+        payload = _combine(parts, [size for _, size in chunks])
         name = _name({**BASE, **overrides})
-        results[name], seconds[name] = (
-            payload,
-            payload.get("seconds", time.perf_counter() - started),
-        )
+        results[name], seconds[name] = payload, payload["seconds"]
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
     args.out.write_text(_tables(results, args.n, seconds))
     summary = {

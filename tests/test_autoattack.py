@@ -317,6 +317,33 @@ def test_cascade_attacks_only_the_survivors_and_reports_cumulative_accuracy() ->
     assert "↳ apgd-t" in text and "cascade" in text
 
 
+def test_a_cascade_beside_strong_reads_its_attacks_from_strong_at_no_cost() -> None:
+    # Listed first, autoattack still runs after strong, which runs each of its attacks on
+    # every point: the cascade's result is then exactly the union of those runs' breaks.
+    model = linear(10, seed=8)
+    x, y = batch(60, 10, model, seed=8)
+    y[:3] = (y[:3] + 1) % 10
+    autoattack, strong = cheap("autoattack"), cheap("strong")
+    evaluation = evaluate(model, x, y, protocols=[autoattack, strong], eps=[0.02, 0.05])
+    assert evaluation.outcomes[0].protocol == "autoattack"  # reported in the order asked
+    labels = [spec.label for spec in autoattack.attacks]
+    for eps in (0.02, 0.05):
+        shared = [
+            o for o in evaluation.outcomes
+            if o.protocol == "strong" and o.eps == eps and o.spec.label in labels
+        ]  # fmt: skip
+        assert len(shared) == len(labels) and all(o.seconds > 0 for o in shared)
+        union = torch.stack([o.fooled for o in shared]).any(dim=0)
+        assert evaluation.worst_case("autoattack", eps) == pytest.approx(
+            float((~union).float().mean())
+        )
+        cascade = [o for o in evaluation.outcomes if o.protocol == "autoattack" and o.eps == eps]
+        assert all(o.seconds == 0 and o.model_calls == 0 for o in cascade)
+        assert evaluation.worst_case("autoattack", eps) >= evaluation.worst_case("strong", eps)
+    alone = evaluate(model, x, y, protocols=[autoattack], eps=[0.02], checks=False)
+    assert alone.outcomes[0].seconds > 0 and alone.outcomes[0].model_calls > 0
+
+
 def test_l2_protocol_runs_at_the_l2_budgets() -> None:
     model = linear(10, seed=5)
     x, y = batch(40, 10, model, seed=5)

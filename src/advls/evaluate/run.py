@@ -165,7 +165,10 @@ def evaluate(
     runner = AttackRunner(
         model, images, labels, correct, batch_size=batch_size, device=device, progress=progress
     )
-    for protocol in chosen:
+    outcomes: dict[str, list[AttackOutcome]] = {}
+    # Protocols that run every attack on every point go first, so that a cascade reads the
+    # attacks it shares with them instead of running them again (AttackRunner.run).
+    for protocol in sorted(chosen, key=lambda p: p.cascade):
         budgets_of = l2 if protocol.norm == "l2" else budgets
         attacks: list[tuple[AttackSpec, Sequence[float | None]]] = []
         for spec in protocol.attacks:
@@ -200,8 +203,14 @@ def evaluate(
                         run.model_calls,
                     )  # fmt: skip
         # Outcomes in the protocol's order of attacks, each over its budgets.
-        for spec, spec_budgets in attacks:
-            evaluation.outcomes.extend(found[(spec.label, eps_)] for eps_ in spec_budgets)
+        outcomes[protocol.name] = [
+            found[(spec.label, eps_)] for spec, spec_budgets in attacks for eps_ in spec_budgets
+        ]
+    order = {protocol.name: rank for rank, protocol in enumerate(chosen)}
+    for protocol in chosen:
+        evaluation.outcomes.extend(outcomes[protocol.name])
+    for notes in (evaluation.skipped, evaluation.adapted):
+        notes.sort(key=lambda note: order[note["protocol"]])
 
     if checks:
         evaluation.checks = measure_checks(runner, seed=seed)
