@@ -96,13 +96,13 @@ def _combine(parts: list[dict], sizes: list[int]) -> dict:
     it, with that chunk's message and evidence.
     """
     first = parts[0]
+
+    def keys(part: dict, name: str) -> list[tuple]:
+        return [(r["protocol"], r.get("attack", ""), r["eps"]) for r in part[name]]
+
     for part in parts[1:]:
-        for rows in ("worst_case", "results"):
-            keys = [(r["protocol"], r.get("attack", ""), r["eps"]) for r in part[rows]]
-            if keys != [(r["protocol"], r.get("attack", ""), r["eps"]) for r in first[rows]]:
-                raise ValueError(
-                    "the chunks of one model must evaluate the same attacks and budgets"
-                )
+        if any(keys(part, name) != keys(first, name) for name in ("worst_case", "results")):
+            raise ValueError("the chunks of one model must evaluate the same attacks and budgets")
 
     def rows(name: str) -> list[dict]:
         return [
@@ -113,13 +113,11 @@ def _combine(parts: list[dict], sizes: list[int]) -> dict:
             for i, row in enumerate(first[name])
         ]
 
-    flags: dict[str, dict] = {}
+    flags: dict[str, dict] = {}  # the first chunk that raised each, else the first's
     for part in parts:
         for flag in part["flags"]:
-            # The first chunk that raised it, else the first chunk's (clear) flag.
-            if not flags.get(flag["name"], {}).get("raised", False) and (
-                flag["raised"] or flag["name"] not in flags
-            ):
+            kept = flags.get(flag["name"])
+            if kept is None or (flag["raised"] and not kept["raised"]):
                 flags[flag["name"]] = flag
     return {
         "clean_accuracy": _weighted([p["clean_accuracy"] for p in parts], sizes),

@@ -138,8 +138,9 @@ def reproduce(
     an hour on 2 cores), paper-cifar-lenet, paper-cifar-resnet (sized for a
     GPU), paper-svhn (needs SVHN's train_32x32.mat and test_32x32.mat in the
     data directory). The -audit suites evaluate the models of paper-mnist and
-    paper-cifar-lenet under the strong protocol too: run them with --out
-    pointing at that suite's folder to reuse its checkpoints. certified-study
+    paper-cifar-lenet under the strong protocol too (paper-mnist-audit also
+    under autoattack, at no extra cost): run them with --out pointing at that
+    suite's folder to reuse its checkpoints. certified-study
     brackets smoothed, PGD- and IBP-trained MNIST models between certified and
     attacked accuracy (several hours on 2 cores).
 
